@@ -1,0 +1,27 @@
+"""Shared fixtures. The golden fixtures live in ``../shared/golden`` beside the checkout (override
+with ``LANCE_GOLDEN_DIR``); ComfyUI's ``comfy`` package is found through ``COMFYUI_PATH``, which the
+test runner (``scripts/test.sh``) sets to the project's own ComfyUI install."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GOLDEN_DIR = Path(os.environ.get("LANCE_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
+SPEC_DIR = Path(os.environ.get("LANCE_SPEC_DIR", REPO_ROOT.parent / "shared" / "spec"))
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not (GOLDEN_DIR / "README.md").is_file():
+        pytest.fail(f"golden fixtures not found at {GOLDEN_DIR}; set LANCE_GOLDEN_DIR")
+    return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def spec_dir() -> Path:
+    if not (SPEC_DIR / "lance-spec.md").is_file():
+        pytest.fail(f"spec folder not found at {SPEC_DIR}; set LANCE_SPEC_DIR")
+    return SPEC_DIR
