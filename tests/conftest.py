@@ -25,3 +25,6 @@ def spec_dir() -> Path:
     if not (SPEC_DIR / "lance-spec.md").is_file():
         pytest.fail(f"spec folder not found at {SPEC_DIR}; set LANCE_SPEC_DIR")
     return SPEC_DIR
+
+
+pytest_plugins = ["fixtures_tiny"]
