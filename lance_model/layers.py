@@ -6,7 +6,10 @@ from .ops import TorchOps
 
 
 class RMSNorm(nn.Module):
-    """Qwen RMSNorm: variance in fp32, normalised value cast back before the weight multiply."""
+    """Qwen RMSNorm: variance in fp32, normalised value cast back before the weight multiply.
+
+    The weight follows the input's dtype, so storing weights in another precision (ComfyUI's
+    ``manual_cast``) does not change the dtype that flows on."""
 
     def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
@@ -17,7 +20,7 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight.to(x.device) * x32.to(dtype)
+        return self.weight.to(device=x.device, dtype=dtype) * x32.to(dtype)
 
 
 class SwiGLU(nn.Module):
