@@ -14,6 +14,16 @@ class ConfigError(ValueError):
     """A configuration file is missing a field, has a wrong value or disagrees with the weights."""
 
 
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
 def _require(data: dict, key: str, source: str):
     if key not in data:
         raise ConfigError(f"{source}: required field '{key}' is missing")
@@ -79,14 +89,7 @@ class LLMConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "LLMConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
 
 @dataclass(frozen=True)
@@ -136,14 +139,7 @@ class VisionConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "VisionConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path), str(path))
 
 
 @dataclass(frozen=True)
