@@ -1,0 +1,96 @@
+"""A small client for a running ComfyUI: JSON over HTTP, and the websocket that reports progress
+(through aiohttp, which ComfyUI's own server depends on, so every ComfyUI interpreter has it)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+
+class PromptRejected(AssertionError):
+    """POST /prompt answered 400; ``body`` holds ComfyUI's error and per-node errors."""
+
+    def __init__(self, body: dict):
+        super().__init__(f"ComfyUI rejected the prompt:\n{json.dumps(body, indent=1)}")
+        self.body = body
+
+
+@dataclass(frozen=True)
+class ComfyClient:
+    url: str  # http://127.0.0.1:<port>
+    log_path: Path  # the server's combined stdout/stderr
+    pack_name: str  # the pack's folder name under custom_nodes/
+    models_dir: Path  # a models/ layout whose lance/ and vae/ are this server's model folders
+
+    @property
+    def python_module(self) -> str:
+        """What /object_info reports as ``python_module`` for the pack's nodes."""
+        return f"custom_nodes.{self.pack_name}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def get_json(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=60) as response:
+            return json.load(response)
+
+    def post_prompt(self, prompt: dict, client_id: str | None = None) -> str:
+        """Queue an API-format prompt; returns its prompt id. Raises PromptRejected on a 400."""
+        body = {"prompt": prompt} | ({"client_id": client_id} if client_id else {})
+        request = urllib.request.Request(self.url + "/prompt", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.load(response)["prompt_id"]
+        except urllib.error.HTTPError as error:
+            if error.code == 400:
+                raise PromptRejected(json.load(error)) from None
+            raise
+
+    def wait_for_history(self, prompt_id: str, timeout: float) -> dict:
+        """The history entry of a prompt (``outputs``, ``status``), once it has finished or failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+            if entry is not None:
+                return entry
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"prompt {prompt_id} still unfinished after {timeout} s; "
+                                   f"queue: {self.get_json('/queue')}")
+            time.sleep(0.2)
+
+    def run_prompt(self, prompt: dict, timeout: float) -> tuple[dict, list]:
+        """Queue ``prompt`` and follow it on the websocket until the server reports it done.
+
+        Returns the prompt's history entry and every websocket message received meanwhile, in order:
+        text messages as their decoded JSON (``{"type": ..., "data": ...}``), binary ones (latent
+        previews) as bytes.
+        """
+        return asyncio.run(asyncio.wait_for(self._follow_prompt(prompt), timeout))
+
+    async def _follow_prompt(self, prompt: dict) -> tuple[dict, list]:
+        client_id = uuid.uuid4().hex
+        messages: list = []
+        async with aiohttp.ClientSession() as session:
+            # Connect before queueing, so no message of this prompt can be missed.
+            async with session.ws_connect(f"{self.url.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
+                prompt_id = await asyncio.to_thread(self.post_prompt, prompt, client_id)
+                async for message in ws:
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        messages.append(message.data)
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        event = json.loads(message.data)
+                        messages.append(event)
+                        # The server's last word on a prompt, sent after its history entry is stored.
+                        if event["type"] == "executing" and event["data"] == {"node": None, "prompt_id": prompt_id}:
+                            break
+                else:
+                    raise ConnectionError(f"the websocket closed before prompt {prompt_id} finished")
+        return self.wait_for_history(prompt_id, timeout=30), messages
