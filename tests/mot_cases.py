@@ -25,6 +25,9 @@ X2T_TASKS = ("x2t_image", "x2t_video")
 
 
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """‖actual − expected‖ / ‖expected‖; infinite when the shapes differ (no broadcasting)."""
+    if actual.shape != expected.shape:
+        return float("inf")
     actual, expected = actual.float(), expected.float()
     return float((actual - expected).norm() / expected.norm())
 

@@ -26,20 +26,17 @@ from lance_model.prompts import ENDOFTEXT
 from lance_model.tokenizer import LanceTokenizer
 from lance_model.understanding import prefill_question
 from lance_model.vision_tokens import encode_vision
+from parity_measures import FINAL_LATENT_REL_L2, TIE_ULPS, golden_media, logit_gap_ulps
 
 GENERATION_TASKS = ("t2i", "t2v", "i2v", "image_edit", "video_edit")
 UNDERSTANDING_TASKS = ("x2t_image", "x2t_video")
 TASKS = GENERATION_TASKS + UNDERSTANDING_TASKS
 
-# Free-running 8-step latents: the reference's own bf16-vs-fp32 spread is ≤ 1.4% (golden README §5);
-# tasks whose condition goes through the VAE encoder (and, for edits, the ViT) get more room.
-LATENT_REL_L2 = {"t2i": 0.02, "t2v": 0.02, "i2v": 0.03, "image_edit": 0.03, "video_edit": 0.03}
 DECODED_MEAN_ABS_LEVELS = 2.0
 # Free-running greedy answers follow the reference until our bf16 logits meet a near-tie (the reference's
-# own fp32 run flips x2t_image after 36 tokens): the first 4 tokens must agree (their logits are checked in
-# tests/test_x2t.py) and a difference must be a tie within TIE_ULPS bf16 steps.
+# own fp32 run flips x2t_image after 36 tokens): the first 4 tokens must agree (their logits are checked
+# by parity_measures.teacher_forced_text) and a difference must be a tie within TIE_ULPS bf16 steps.
 MIN_MATCHING_IDS = 4
-TIE_ULPS = 2
 
 
 @dataclass(frozen=True)
@@ -76,10 +73,8 @@ def golden_argv(golden_dir: Path, task: str, work: Path) -> list[str]:
     argv = ["run", "--task", task, "--checkpoint", str(golden_dir / settings["checkpoint"]),
             "--vit", str(ckpt / "Qwen2.5-VL-ViT"), "--vae", str(ckpt / "Wan2.2_VAE.pth"),
             "--resolution", args["resolution"], "--out", str(work / "out")]
-    media = [m for m, kind in zip(entry["interleave_array"], entry["element_dtype_array"]) if kind != "text"] \
-        if isinstance(entry, dict) else []
     if task in ("i2v", "image_edit", "x2t_image"):
-        argv += ["--image", str(folder / "inputs" / media[0])]
+        argv += ["--image", str(golden_media(golden_dir, task))]
     if task in ("video_edit", "x2t_video"):
         argv += ["--video", str(_frame_folder(folder / "inputs", work)), "--fps", str(settings["video_read"]["fps"][0])]
     if task in UNDERSTANDING_TASKS:
@@ -149,7 +144,8 @@ def _generation_rows(task, sample, cfg, written, settings, tensors) -> list[Row]
                list(zip(settings["attn_modes"], settings["split_lens"]))),
         _exact(task, "positions (cond)", plan.cond_positions, tensors["pos.cond"]),
         _exact(task, "positions (uncond)", plan.uncond_positions, tensors["pos.uncond"]),
-        Row(task, "final latent rel-L2", f"{rel:.4%}", f"<= {LATENT_REL_L2[task]:.0%}", rel <= LATENT_REL_L2[task]),
+        Row(task, "final latent rel-L2", f"{rel:.4%}", f"<= {FINAL_LATENT_REL_L2[task]:.0%}",
+            rel <= FINAL_LATENT_REL_L2[task]),
         Row(task, "decoded mean |Δ| (uint8)", f"{mae:.3f}", f"<= {DECODED_MEAN_ABS_LEVELS}",
             mae <= DECODED_MEAN_ABS_LEVELS),
     ]
@@ -198,7 +194,4 @@ def _tie_gap_ulps(argv: list[str], reference_ids: list[int], step: int) -> float
         logits = models.decoder.decode_step(torch.tensor([token]), state.positions[:, last + k:last + k + 1],
                                             state.cache)[0].float()
         token = reference_ids[k]
-    logits[len(models.tokenizer):] = float("-inf")
-    best = logits.max()
-    ulp = torch.finfo(torch.bfloat16).eps * 2.0 ** torch.floor(torch.log2(best.abs()))
-    return float((best - logits[reference_ids[step]]) / ulp)
+    return logit_gap_ulps(logits, len(models.tokenizer), reference_ids[step])

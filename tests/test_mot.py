@@ -14,6 +14,7 @@ from lance_model.mot import MoTDecoder
 from lance_model.rope import apply_rope, mrope_cos_sin, mrope_inv_freq
 from lance_model.sampling import block_velocity
 from mot_cases import GEN_TASKS, gen_case, load_decoder, rel_l2
+from parity_measures import SINGLE_FORWARD_REL_L2, step0_velocities, step_errors
 
 
 # ---------------------------------------------------------------- attention
@@ -194,13 +195,11 @@ def test_partly_dropped_split_is_refused(image_decoder):
 @pytest.mark.parametrize("task", GEN_TASKS)
 def test_step0_velocities_match_reference(golden_dir, task):
     case = gen_case(str(golden_dir), task)
-    t = torch.zeros(case.x_initial.shape[0])
-    t[case.updated_rows] = 1.0
-    v_cond = block_velocity(case.decoder, case.block, case.x_initial, t, case.cond)
-    v_uncond = block_velocity(case.decoder, case.block, case.x_initial, t, case.uncond)
-    assert v_cond.shape == case.tensors["gen.v_cond_00"].shape and v_cond.dtype == torch.bfloat16
-    assert rel_l2(v_cond, case.tensors["gen.v_cond_00"]) <= 0.01
-    assert rel_l2(v_uncond, case.tensors["gen.v_uncond_00"]) <= 0.01
+    velocities = step0_velocities(case)
+    assert velocities.cond.shape == case.tensors["gen.v_cond_00"].shape and velocities.cond.dtype == torch.bfloat16
+    errors = step_errors(case, 0, velocities)
+    assert errors.cond <= SINGLE_FORWARD_REL_L2
+    assert errors.uncond <= SINGLE_FORWARD_REL_L2
 
 
 def test_fp32_stored_weights_with_comfy_cast_ops_compute_identically(golden_dir, image_decoder):

@@ -1,44 +1,23 @@
 """Vision tower against the golden ViT outputs (component goldens and the tasks' ``vit.output_0``)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
-from lance_model.checkpoint import LanceCheckpoint
-from lance_model.media import read_sampled_video
-from lance_model.parts import build_parts
-from lance_model.preprocess import normalize_for_vit, patchify_with_merge, resolution_preset, vit_input
+from lance_model.preprocess import normalize_for_vit, patchify_with_merge
 from lance_model.varlen_attention import PackedSegments, varlen_attention
 from lance_model.vit import window_order
+from mot_cases import rel_l2
+from parity_measures import SINGLE_FORWARD_REL_L2, vision_tower, vit_task_error
 
-MAX_REL_L2 = 0.01  # golden README §5: single-forward quantities within 1 %
-
-# golden weight-set name -> (Lance folder, whether the separate Qwen2.5-VL-ViT folder supplies the tower)
-WEIGHT_SETS = {"vit_safetensors": ("Lance_tiny", True), "lance_tiny_video_vit_model": ("Lance_tiny_Video", False)}
-TASK_MEDIA = {"image_edit": "image_16x9.png", "x2t_image": "image_3x4.png",
-              "video_edit": "clip_16x9_12fps.mp4", "x2t_video": "clip_4x3_24fps.mp4"}
-
-
-def rel_l2(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
-_towers = {}
+# golden weight-set name -> the Lance folder whose loader picks those ViT weights
+WEIGHT_SETS = {"vit_safetensors": "Lance_tiny", "lance_tiny_video_vit_model": "Lance_tiny_Video"}
+VIT_TASKS = ("image_edit", "video_edit", "x2t_image", "x2t_video")
 
 
 def tower(golden_dir, folder: str, dtype: torch.dtype):
-    """The vision tower as the model loader builds it (cached: several tests share one)."""
-    key = (folder, dtype)
-    if key not in _towers:
-        uses_separate_vit = dict(WEIGHT_SETS.values())[folder]
-        ckpt = LanceCheckpoint.open(golden_dir / "ckpt" / folder)
-        vit_dir = golden_dir / "ckpt" / "Qwen2.5-VL-ViT" if uses_separate_vit else None
-        _towers[key] = build_parts(ckpt, vit_dir=vit_dir, dtype=dtype).vit
-    return _towers[key]
+    return vision_tower(golden_dir / "ckpt" / folder, dtype)
 
 
 @pytest.fixture(scope="module")
@@ -50,30 +29,21 @@ def vit_golden(golden_dir):
 @pytest.mark.parametrize("weights", sorted(WEIGHT_SETS))
 @pytest.mark.parametrize("item", ["image", "clip"])
 def test_component_golden(golden_dir, vit_golden, item, weights, dtype):
-    vit = tower(golden_dir, WEIGHT_SETS[weights][0], dtype)
+    vit = tower(golden_dir, WEIGHT_SETS[weights], dtype)
     pixels = vit_golden[f"{item}.pixels_uint8_cthw"].permute(1, 2, 3, 0)  # -> [T, H, W, C]
     patches, grid = patchify_with_merge(normalize_for_vit(pixels), vit.config)
     with torch.no_grad():
         out = vit(patches, [grid])
     ref = vit_golden[f"{item}.output.{weights}"]
     assert out.shape == ref.shape and out.dtype == dtype
-    assert rel_l2(out, ref) <= MAX_REL_L2
+    assert rel_l2(out, ref) <= SINGLE_FORWARD_REL_L2
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("task", sorted(TASK_MEDIA))
+@pytest.mark.parametrize("task", VIT_TASKS)
 def test_task_golden_from_input_file(golden_dir, task, dtype):
     """Media file -> (frame sampling) -> preprocessing -> tower = the reference's ``vit.output_0``."""
-    settings = json.loads((golden_dir / task / "settings.json").read_text())
-    path = golden_dir / task / "inputs" / TASK_MEDIA[task]
-    media = read_sampled_video(path).frames if path.suffix == ".mp4" else Image.open(path)
-    vit = tower(golden_dir, settings["reference_cli_args"]["model_path"].split("/")[-1], dtype)
-    inputs = vit_input(media, resolution_preset(settings["reference_cli_args"]["resolution"]).vit, vit.config)
-    with torch.no_grad():
-        out = vit(inputs.patches, [inputs.grid_thw])
-    ref = load_file(golden_dir / task / "tensors.safetensors")["vit.output_0"]
-    assert out.shape == ref.shape
-    assert rel_l2(out, ref) <= MAX_REL_L2
+    assert vit_task_error(golden_dir, task, dtype) <= SINGLE_FORWARD_REL_L2
 
 
 def test_packed_items_equal_separate_runs(golden_dir, vit_golden):

@@ -6,39 +6,23 @@ import pytest
 import torch
 
 from lance_model.sampling import TextSettings, generate_text, pick_token
-from mot_cases import X2T_TASKS, rel_l2, x2t_case
-
-# A flip of the greedy choice is accepted only where the reference's token is within two bf16 steps of
-# our best logit (a near-tie that bf16 rounding can decide either way).
-TIE_ULPS = 2
-
-
-def _near_tie(logits: torch.Tensor, chosen: int, expected: int) -> bool:
-    top = logits[chosen].float()
-    ulp = torch.finfo(torch.bfloat16).eps * 2.0 ** torch.floor(torch.log2(top.abs()))
-    return bool(top - logits[expected].float() <= TIE_ULPS * ulp)
+from mot_cases import X2T_TASKS, x2t_case
+from parity_measures import SINGLE_FORWARD_REL_L2, TIE_ULPS, teacher_forced_text
 
 
 @pytest.mark.parametrize("task", X2T_TASKS)
 def test_teacher_forced_decoding_matches_reference(golden_dir, task):
     case = x2t_case(str(golden_dir), task)
-    ref = case.tensors
-    expected_ids = ref["x2t.generated_ids"].tolist()
-    positions = ref["pos.prompt_plus_256_pads"][:, case.context_len:]
-    token = int(ref["seq.packed_text_ids"][case.context_len])
-    flips = []
-    for step, expected in enumerate(expected_ids):
-        logits = case.decoder.decode_step(torch.tensor([token]), positions[:, step:step + 1], case.cache)[0]
-        assert logits.shape == (case.decoder.config.vocab_size,) and logits.dtype == torch.bfloat16
-        if step < 4:
-            assert rel_l2(logits, ref[f"x2t.logits_{step:02d}"][0]) <= 0.01, f"logits of step {step}"
-        chosen = pick_token(logits, case.vocab_limit, TextSettings())
-        if chosen != expected:
-            assert _near_tie(logits, chosen, expected), f"step {step}: {chosen} instead of {expected}"
-            flips.append(step)
-        token = expected  # teacher forcing
-    assert len(flips) <= len(expected_ids) // 50, f"greedy choice differs at steps {flips}"
-    assert len(case.cache) == case.context_len + len(expected_ids)
+    trace = teacher_forced_text(case)
+    assert trace.steps == case.tensors["x2t.generated_ids"].numel()
+    assert trace.logit_layouts == {((case.decoder.config.vocab_size,), torch.bfloat16)}
+    assert len(trace.stored_logits_rel_l2) == 4
+    for step, error in enumerate(trace.stored_logits_rel_l2):
+        assert error <= SINGLE_FORWARD_REL_L2, f"logits of step {step}"
+    for miss in trace.misses:
+        assert miss.gap_ulps <= TIE_ULPS, f"step {miss.step}: not a near-tie ({miss.gap_ulps:.1f} bf16 ulp)"
+    assert len(trace.misses) <= trace.allowed_misses, f"greedy choice differs at steps {trace.misses}"
+    assert len(case.cache) == case.context_len + trace.steps
 
 
 def test_greedy_generation_reproduces_the_reference_start(golden_dir):
