@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from comfy_client import ComfyClient
+from fixtures_tiny import TINY_SEED
+
+from lance_model.tiny import write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_SCRIPT = REPO_ROOT / "scripts" / "comfy_env.sh"
@@ -63,12 +66,16 @@ def comfy_server(tmp_path_factory) -> Iterator[ComfyClient]:
 
 
 @pytest.fixture(scope="session")
-def served_tiny_models(comfy_server, tiny_checkpoint) -> Path:
-    """The session's tiny model set (``tiny_checkpoint``) linked into the running server's models
-    folder: lance/Lance_3B/, lance/Lance_3B_Video/, lance/Qwen2.5-VL-ViT/ and vae/Wan2.2_VAE.pth.
-    Returns that models folder."""
+def served_tiny_models(comfy_server, tmp_path_factory) -> Path:
+    """A tiny model set linked into the running server's models folder: lance/Lance_3B/,
+    lance/Lance_3B_Video/, lance/Qwen2.5-VL-ViT/ and vae/Wan2.2_VAE.pth. Returns that models folder.
+
+    Unlike the library tests' ``tiny_checkpoint`` (same seed), its VAE has the official widths:
+    ComfyUI's VAELoader builds the Wan 2.2 VAE at those widths and rejects narrower weights."""
+    served = write_tiny_checkpoint(tmp_path_factory.mktemp("served_tiny_models"), seed=TINY_SEED,
+                                   vae_widths="official")
     lance_dir = comfy_server.models_dir / "lance"
-    for folder in (tiny_checkpoint.image, tiny_checkpoint.video, tiny_checkpoint.vit):
+    for folder in (served.image, served.video, served.vit):
         (lance_dir / folder.name).symlink_to(folder, target_is_directory=True)
-    (comfy_server.models_dir / "vae" / tiny_checkpoint.vae.name).symlink_to(tiny_checkpoint.vae)
+    (comfy_server.models_dir / "vae" / served.vae.name).symlink_to(served.vae)
     return comfy_server.models_dir

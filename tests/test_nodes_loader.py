@@ -1,0 +1,197 @@
+"""Lance Checkpoint Loader: the `lance` model folder, lazy patcher construction, fp8 storage through
+ComfyUI's ops, the attention and vision-tower options, and downloading missing official folders."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from pack_import import load_model, memory_requests, pack_module, run_node, use_lance_folders  # noqa: F401
+
+from lance_model.checkpoint import LanceCheckpoint, VitCheckpoint
+from lance_model.comfy_lookup import import_comfy_module
+
+PROMPT = "A red fox jumps over the lazy dog in the snow."
+
+
+@pytest.fixture
+def tiny_folders(monkeypatch, tiny_checkpoint):
+    use_lance_folders(monkeypatch, tiny_checkpoint.root)
+    return tiny_checkpoint
+
+
+def _linked_root(tmp_path: Path, **links: Path) -> Path:
+    root = tmp_path / "lance"
+    root.mkdir()
+    for name, target in links.items():
+        (root / name).symlink_to(target, target_is_directory=True)
+    return root
+
+
+def test_models_lance_is_added_after_folders_from_extra_model_paths(monkeypatch, tmp_path):
+    model_folders = pack_module("nodes.model_folders")
+    folder_paths = import_comfy_module("folder_paths")
+    default = str(Path(folder_paths.models_dir) / "lance")
+
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", {"lance": ([str(tmp_path)], set())})
+    model_folders.register_model_folder()
+    assert folder_paths.get_folder_paths("lance") == [str(tmp_path), default]
+
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", {})
+    model_folders.register_model_folder()
+    assert folder_paths.get_folder_paths("lance") == [default]
+
+
+def test_checkpoint_options_are_the_official_names_then_found_folders(monkeypatch, tmp_path, tiny_checkpoint):
+    root = _linked_root(tmp_path, MyLanceCopy=tiny_checkpoint.video, OtherViT=tiny_checkpoint.vit)
+    (root / "notes").mkdir()
+    use_lance_folders(monkeypatch, root, tiny_checkpoint.root)
+    model_folders = pack_module("nodes.model_folders")
+    assert model_folders.checkpoint_names() == ["Lance_3B", "Lance_3B_Video", "MyLanceCopy"]
+    assert model_folders.vision_tower_names() == ["Qwen2.5-VL-ViT", "OtherViT"]
+    loader = pack_module("nodes.loader").LanceCheckpointLoader.GET_SCHEMA()
+    options = {i.id: getattr(i, "options", None) for i in loader.inputs}
+    assert options["checkpoint"] == ["Lance_3B", "Lance_3B_Video", "MyLanceCopy"]
+    assert options["vision_tower"] == ["auto", "Qwen2.5-VL-ViT", "OtherViT"]
+
+
+def test_loading_is_lazy_one_patcher_per_part_on_the_offload_device(tiny_folders, memory_requests):
+    model = load_model("Lance_3B")
+    assert memory_requests.calls == []
+    assert sorted(model.parts) == ["gen", "und", "vit"]
+    assert model.patcher is model.parts["und"] and model.get_models() == list(model.parts.values())
+    manager = import_comfy_module("comfy.model_management")
+    ckpt = LanceCheckpoint.open(tiny_folders.image)
+    for name, patcher in model.parts.items():
+        assert patcher.offload_device == manager.unet_offload_device()
+        assert patcher.load_device == manager.get_torch_device()
+        weights = patcher.model.state_dict()
+        assert {t.device for t in weights.values()} == {manager.unet_offload_device()}
+        assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    assert model.parts["und"].model.state_dict().keys() == ckpt.und.keys()
+    assert model.parts["gen"].model.state_dict().keys() == ckpt.gen.keys()
+    assert model.variant == "image" and model.vit_source.endswith("Qwen2.5-VL-ViT/vit.safetensors")
+
+
+def test_video_checkpoint_uses_its_bundled_tower_unless_a_folder_is_chosen(tiny_folders):
+    bundled = load_model("Lance_3B_Video")
+    assert bundled.variant == "video" and "vit_model" in bundled.vit_source
+    chosen = load_model("Lance_3B_Video", vision_tower="Qwen2.5-VL-ViT")
+    assert chosen.vit_source.endswith("Qwen2.5-VL-ViT/vit.safetensors")
+    separate = VitCheckpoint.open(tiny_folders.vit).state_dict
+    name = "blocks.0.attn.qkv.weight"
+    assert torch.equal(chosen.vision_tower.state_dict()[name], separate[name])
+    assert not torch.equal(bundled.vision_tower.state_dict()[name], separate[name])
+
+
+def test_fp8_keeps_matmul_weights_in_fp8_and_computes_through_comfy_manual_cast(tiny_folders):
+    model = load_model("Lance_3B", weight_dtype="fp8_e4m3fn")
+    manual_cast = import_comfy_module("comfy.ops").manual_cast
+    for expert in (model.parts["und"].model, model.parts["gen"].model):
+        layer = expert.layers[0]
+        assert isinstance(layer.q_proj, manual_cast.Linear)
+        assert layer.q_proj.weight.dtype == layer.ffn.down_proj.weight.dtype == torch.float8_e4m3fn
+        assert layer.q_proj.bias.dtype == torch.bfloat16 and layer.input_norm.weight.dtype == torch.bfloat16
+    assert model.parts["und"].model.embed_tokens.weight.dtype == torch.bfloat16
+    assert {t.dtype for t in model.parts["vit"].model.state_dict().values()} == {torch.bfloat16}
+    fp8 = run_node("LanceTextEncode", model=model, prompt=PROMPT, task="text_to_image").args[0]
+    exact = run_node("LanceTextEncode", model=load_model("Lance_3B"), prompt=PROMPT, task="text_to_image").args[0]
+    keys_fp8, keys_bf16 = fp8.cond_cache.keys[-1].float(), exact.cond_cache.keys[-1].float()
+    relative = (keys_fp8 - keys_bf16).norm() / keys_bf16.norm()
+    assert 0 < relative < 0.1
+
+
+def test_attention_auto_takes_flash_attn_when_installed(monkeypatch, tiny_folders):
+    attention_choice = pack_module("nodes.attention_choice")
+    assert load_model("Lance_3B", attention="auto").attention == "sdpa"
+    real_find_spec = attention_choice.importlib.util.find_spec
+    monkeypatch.setattr(attention_choice.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
+    assert load_model("Lance_3B", attention="auto").attention == "flash_attn"
+    assert load_model("Lance_3B", attention="sdpa").attention == "sdpa"
+
+
+def test_an_attention_kernel_that_is_not_installed_is_refused_with_the_install_command(tiny_folders):
+    with pytest.raises(ValueError, match=r"'sage' needs the sageattention package.*pip install sageattention"):
+        load_model("Lance_3B", attention="sage")
+
+
+def test_a_missing_checkpoint_names_the_searched_folders_and_the_fix(monkeypatch, tmp_path):
+    use_lance_folders(monkeypatch, tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"'Lance_3B_Video' was not found .*{tmp_path}.*download_missing"):
+        load_model("Lance_3B_Video")
+
+
+def test_an_image_checkpoint_without_a_vision_tower_loads_but_captioning_says_how_to_get_one(
+        monkeypatch, tmp_path, tiny_checkpoint):
+    use_lance_folders(monkeypatch, _linked_root(tmp_path, Lance_3B=tiny_checkpoint.image))
+    model = load_model("Lance_3B")
+    assert "vit" not in model.parts
+    image = torch.rand(1, 32, 32, 3)
+    with pytest.raises(ValueError, match=r"needs the vision tower.*Qwen2\.5-VL-ViT/.*download_missing"):
+        run_node("LanceCaptioner", model=model, image=image, question="What is this?", kind="image", fps=12.0,
+                 resolution="image_256res", instruction="", max_new_tokens=4, sampling="off", temperature=0.7,
+                 top_p=0.9, seed=0)
+
+
+class FakeHub:
+    """Stands in for huggingface_hub: serves the tiny model set as if it were the official repository."""
+
+    def __init__(self, source: Path):
+        self.source = source
+        self.downloaded: list[str] = []
+
+    def list_repo_files(self, repo):
+        assert repo == "bytedance-research/Lance"
+        return sorted(str(p.relative_to(self.source)) for p in self.source.rglob("*") if p.is_file())
+
+    def hf_hub_download(self, repo, filename, local_dir):
+        self.downloaded.append(filename)
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.source / filename, target)
+        return str(target)
+
+
+def test_download_missing_fetches_the_checkpoint_and_the_vision_tower(monkeypatch, tmp_path, tiny_checkpoint):
+    import huggingface_hub
+
+    hub = FakeHub(tiny_checkpoint.root)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", hub.list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
+    ticks = []
+    comfy_runtime = pack_module("nodes.comfy_runtime")
+    real_bar = comfy_runtime.progress_bar
+
+    def recording_bar(total):
+        bar = real_bar(total)
+        bar.hook = lambda value, total, preview, node_id=None: ticks.append((value, total))
+        return bar
+
+    monkeypatch.setattr(comfy_runtime, "progress_bar", recording_bar)
+    root = tmp_path / "models_lance"
+    root.mkdir()
+    use_lance_folders(monkeypatch, root)
+
+    model = load_model("Lance_3B", download_missing=True)
+    assert model.variant == "image" and "vit" in model.parts
+    assert {name.split("/")[0] for name in hub.downloaded} == {"Lance_3B", "Qwen2.5-VL-ViT"}
+    assert (root / "Lance_3B" / "model.safetensors").is_file()
+    assert (root / "Qwen2.5-VL-ViT" / "vit.safetensors").is_file()
+    files_per_folder = [n for n in hub.downloaded if n.startswith("Lance_3B/")]
+    assert ticks[:len(files_per_folder)] == [(i, len(files_per_folder)) for i in range(1, len(files_per_folder) + 1)]
+
+
+def test_an_offline_download_says_what_failed_and_how_to_fetch_by_hand(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    def offline(repo):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
+    use_lance_folders(monkeypatch, tmp_path)
+    with pytest.raises(RuntimeError, match=r"could not list the files of bytedance-research/Lance \(ConnectionError: "
+                                           r"Failed to resolve.*huggingface-cli download bytedance-research/Lance "
+                                           r"--include 'Lance_3B/\*'"):
+        load_model("Lance_3B", download_missing=True)
