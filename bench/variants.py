@@ -2,6 +2,9 @@
 
 * ``default``: the code as users run it.
 * ``cudnn-first``: SDPA tries cuDNN attention before flash, mem-efficient and math.
+* ``eager``: CUDA graphs off (``LANCE_CUDA_GRAPHS=0``), every pass launched from Python: the reference
+  the graphed passes of ``default`` are compared with.
+* ``unfused``: the library's fused element-wise kernels off (``LANCE_FUSED_OPS=0``).
 * ``fused-elementwise``: a probe for a proposed change, not a user setting. The element-wise chains
   of ``RMSNorm``, MRoPE and SwiGLU's ``silu(gate)·up`` run as ``torch.compile``d kernels with the same
   arithmetic (the functions below mirror ``lance_model.layers`` / ``lance_model.rope``; the run's
@@ -10,21 +13,41 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("default", "cudnn-first", "fused-elementwise")
+VARIANTS = ("default", "eager", "unfused", "cudnn-first", "fused-elementwise")
 
 
 def variant_setting(name: str):
     if name == "default":
         return contextlib.nullcontext()
+    if name == "eager":
+        from lance_model.cuda_graphs import DISABLE_ENV
+        return _environment(DISABLE_ENV, "0")
+    if name == "unfused":
+        from lance_model.fused_ops import DISABLE_ENV
+        return _environment(DISABLE_ENV, "0")
     if name == "cudnn-first":
         return _cudnn_first()
     if name == "fused-elementwise":
         return _fused_elementwise()
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = saved
 
 
 def _cudnn_first():

@@ -218,10 +218,12 @@ def _x0_reporter(callback: StepPreview, settings: FlowSettings, updated_rows: to
     """Turns the sampler's (step, x after the step, v) into the clean-latent estimate ``x − t·v`` at the
     step's time t, which equals ``x_after − t_next·v``; given rows are clean already."""
     timesteps = flow_timesteps(settings.steps, settings.shift)
+    rows_on = {}  # the rows moved to x's device once, not at every step
 
     def report(step: int, x: torch.Tensor, v: torch.Tensor) -> None:
+        rows = rows_on.setdefault(x.device, updated_rows.to(x.device))
         x0 = x.to(torch.float32, copy=True)
-        x0[updated_rows] -= timesteps[step + 1] * v[updated_rows].to(x0.device).float()
+        x0[rows] -= timesteps[step + 1] * v[rows].to(x0.device).float()
         callback(step, x0.reshape(*shape, LATENT.channels))
 
     return report

@@ -20,7 +20,8 @@ from .config import LATENT
 def timestep_sinusoid(t: torch.Tensor, dim: int = LATENT.time_frequency_dim, max_period: float = 10000.0):
     """``[N]`` flow times → ``[N, dim]`` fp32 features ``[cos(t·f_k), sin(t·f_k)]``."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+    # made on t's device: a host-to-device copy would sync every step and cannot be replayed in a CUDA graph
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -62,14 +63,21 @@ def _sincos_1d(coord: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def embed_latent_tokens(gen, x: torch.Tensor, t: torch.Tensor, pids: torch.Tensor,
-                        dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """LLM input rows for latent tokens ``x`` ``[N, C]`` at flow times ``t`` ``[N]`` and table rows ``pids``.
+def latent_pos_embedding(pids: torch.Tensor, hidden_size: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The position term of latent tokens ``pids``, ``[N, hidden_size]`` in ``dtype`` on ``pids``' device."""
+    return sincos_pos_rows(pids, hidden_size).to(dtype)
+
+
+def embed_latent_tokens(gen, x: torch.Tensor, t: torch.Tensor, pids: torch.Tensor | None = None,
+                        dtype: torch.dtype = torch.bfloat16, *, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """LLM input rows for latent tokens ``x`` ``[N, C]`` at flow times ``t`` ``[N]`` and table rows ``pids``
+    (or their precomputed ``latent_pos_embedding`` ``pos``, a constant across sampling steps).
 
     ``gen`` is the ``GenerationExpert`` (its ``vae2llm`` and ``time_embedder``); the result lives on
     ``x``'s device in ``dtype``.
     """
     device = x.device
     time_emb = gen.time_embedder(t.to(device), dtype)
-    pos = sincos_pos_rows(pids.to(device), time_emb.shape[-1]).to(dtype)
-    return ((gen.vae2llm(x.to(dtype)) + time_emb) + pos).to(dtype)
+    if pos is None:
+        pos = latent_pos_embedding(pids.to(device), time_emb.shape[-1], dtype)
+    return ((gen.vae2llm(x.to(dtype)) + time_emb) + pos.to(device)).to(dtype)

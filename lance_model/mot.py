@@ -12,13 +12,16 @@ renaming:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from .attention import attention
+from . import fused_ops
 from .config import LATENT, LLMConfig
+from .cuda_graphs import graphs_enabled, resident_on
 from .kv_cache import KVCache
-from .latent import embed_latent_tokens, timestep_sinusoid
+from .latent import embed_latent_tokens, latent_pos_embedding, timestep_sinusoid
 from .layers import RMSNorm, SwiGLU
 from .ops import TorchOps
 from .rope import apply_rope, mrope_cos_sin, mrope_inv_freq
@@ -176,13 +179,29 @@ def build_experts(cfg: LLMConfig, ops=TorchOps, device="meta", dtype=torch.bfloa
 
 
 class _Routing:
-    """Local row indices of a chunk's und and gen tokens (a chunk with gen tokens runs in ``gen`` mode)."""
+    """The rows of a chunk each expert takes, as runs of consecutive rows: a latent block is one run, so
+    routed calls slice and concatenate instead of gathering and scattering, and routing needs no
+    device-to-host sync. A chunk with gen rows runs in ``gen`` mode."""
 
-    def __init__(self, gen_rows: torch.Tensor, length: int, device):
-        is_gen = torch.zeros(length, dtype=torch.bool, device=device)
-        is_gen[gen_rows.to(device)] = True
-        self.und = (~is_gen).nonzero().flatten()
-        self.gen = is_gen.nonzero().flatten()
+    def __init__(self, gen_rows: torch.Tensor, length: int):
+        is_gen = torch.zeros(length, dtype=torch.bool)
+        is_gen[gen_rows.cpu()] = True
+        edges = [0] + (torch.nonzero(is_gen[1:] != is_gen[:-1]).flatten() + 1).tolist() + [length]
+        self.runs = [(slice(a, b), bool(is_gen[a])) for a, b in zip(edges[:-1], edges[1:])]
+        self.und = [rows for rows, gen in self.runs if not gen]
+        self.gen = [rows for rows, gen in self.runs if gen]
+
+
+@dataclass(eq=False)
+class PassLayout:
+    """What a pass over a chunk needs besides its inputs and cache: the MRoPE tables ``[L, head_dim]``
+    and the expert routing (None: und only). The sampler computes it once per branch and reuses it for
+    every step, since the noise block keeps its positions."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    routing: _Routing | None
+    fused: bool = False   # element-wise chains as fused kernels (see ``fused_ops``)
 
 
 class MoTDecoder:
@@ -212,20 +231,53 @@ class MoTDecoder:
     def new_cache(self) -> KVCache:
         return KVCache(self.config.num_hidden_layers)
 
+    def graphs_usable(self, with_generation: bool) -> bool:
+        """Whether passes may be replayed as CUDA graphs: both experts' weights resident on one CUDA
+        device (see ``cuda_graphs``)."""
+        if not graphs_enabled():
+            return False
+        if with_generation and (self.gen is None or self.gen_device != self.und_device):
+            return False
+        return resident_on(self.und_device, self.und, self.gen if with_generation else None)
+
     @torch.no_grad()
     def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.und.embed_tokens(token_ids.to(self.und_device)).to(self.dtype)
 
     @torch.no_grad()
-    def embed_latents(self, x: torch.Tensor, t: torch.Tensor, pids: torch.Tensor) -> torch.Tensor:
-        """LLM rows for latent tokens ``x`` ``[N, C]`` at flow times ``t`` ``[N]`` (see ``latent``)."""
-        rows = embed_latent_tokens(self._require_gen(), x.to(self.gen_device), t, pids, self.dtype)
+    def latent_positions(self, pids: torch.Tensor) -> torch.Tensor:
+        """Position-table rows of latent tokens ``pids`` on the gen device, in the compute dtype: a
+        constant of a sampling run, to pass to ``embed_latents`` as ``pos``."""
+        return latent_pos_embedding(pids.to(self.gen_device), self.config.hidden_size, self.dtype)
+
+    @torch.no_grad()
+    def embed_latents(self, x: torch.Tensor, t: torch.Tensor, pids: torch.Tensor | None = None, *,
+                      pos: torch.Tensor | None = None) -> torch.Tensor:
+        """LLM rows for latent tokens ``x`` ``[N, C]`` at flow times ``t`` ``[N]`` (see ``latent``), placed
+        by their table rows ``pids`` or by precomputed ``pos`` (``latent_positions``)."""
+        gen = self._require_gen()
+        if pos is None:
+            pos = self.latent_positions(pids)
+        rows = embed_latent_tokens(gen, x.to(self.gen_device), t, dtype=self.dtype, pos=pos)
         return rows.to(self.und_device)
+
+    def prepare_pass(self, positions: torch.Tensor, gen_rows: torch.Tensor | None = None,
+                     fused: bool = False) -> PassLayout:
+        """The layout of a pass over a chunk at MRoPE ``positions`` ``[3, L]`` with latent rows ``gen_rows``;
+        ``fused``: use fused element-wise kernels where the device has them (for passes whose host time is
+        hidden: CUDA graphs, long blocks)."""
+        routing = None
+        if gen_rows is not None and gen_rows.numel() > 0:
+            self._require_gen()
+            routing = _Routing(gen_rows, positions.shape[-1])
+        cos, sin = mrope_cos_sin(positions.to(self.und_device), self.inv_freq, self.config.mrope_section,
+                                 self.dtype)
+        return PassLayout(cos, sin, routing, fused and fused_ops.fused_ops_usable(self.und_device))
 
     @torch.no_grad()
     def prefill(self, embeds, positions, cache: KVCache, *, causal: bool, gen_rows=None) -> None:
         """Append one split (``embeds`` ``[L, D]``, MRoPE ``positions`` ``[3, L]``) to ``cache``."""
-        self._layers(embeds, positions, cache, causal=causal, gen_rows=gen_rows, update_cache=True)
+        self._layers(embeds, self.prepare_pass(positions, gen_rows), cache, causal=causal, update_cache=True)
 
     @torch.no_grad()
     def prefill_splits(self, embeds, positions, splits, gen_token_mask, cache: KVCache,
@@ -256,17 +308,25 @@ class MoTDecoder:
         return start
 
     @torch.no_grad()
-    def velocity(self, embeds, positions, cache: KVCache, gen_rows: torch.Tensor) -> torch.Tensor:
-        """Flow velocity ``[len(gen_rows), C]`` of a bidirectional block read against ``cache``."""
-        hidden = self._layers(embeds, positions, cache, causal=False, gen_rows=gen_rows, update_cache=False)
+    def velocity(self, embeds, positions, cache: KVCache, gen_rows: torch.Tensor, *,
+                 layout: PassLayout | None = None) -> torch.Tensor:
+        """Flow velocity ``[len(gen_rows), C]`` of a bidirectional block read against ``cache``; ``layout``:
+        the block's ``prepare_pass(positions, gen_rows)``, when already computed."""
+        if layout is None:
+            layout = self.prepare_pass(positions, gen_rows)
+        if layout.routing is None:
+            raise ValueError("velocity needs the block's latent rows (gen_rows); got none")
+        hidden = self._layers(embeds, layout, cache, causal=False, update_cache=False)
         gen = self._require_gen()
-        latent_hidden = hidden[gen_rows.to(hidden.device)].to(self.gen_device)
+        latent_hidden = _take(hidden, layout.routing.gen).to(self.gen_device)
         return gen.llm2vae(gen.final_norm(latent_hidden).to(self.dtype))
 
     @torch.no_grad()
-    def logits(self, embeds, positions, cache: KVCache) -> torch.Tensor:
+    def logits(self, embeds, positions, cache: KVCache, *, layout: PassLayout | None = None) -> torch.Tensor:
         """Next-token logits ``[L, vocab]`` of a causal text chunk, appended to ``cache``."""
-        hidden = self._layers(embeds, positions, cache, causal=True, gen_rows=None, update_cache=True)
+        if layout is None:
+            layout = self.prepare_pass(positions)
+        hidden = self._layers(embeds, layout, cache, causal=True, update_cache=True)
         return self.und.lm_head(self.und.final_norm(hidden).to(self.dtype))
 
     def decode_step(self, token_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -279,51 +339,43 @@ class MoTDecoder:
                              "generation expert; pass gen= when creating it")
         return self.gen
 
-    def _layers(self, embeds, positions, cache, *, causal, gen_rows, update_cache):
-        """All decoder layers; returns the last hidden states before the final (per-expert) norm."""
+    def _layers(self, embeds, layout: PassLayout, cache, *, causal, update_cache):
+        """All decoder layers; returns the last hidden states before the final (per-expert) norm.
+        ``cache`` is a ``KVCache`` or anything with its ``attend`` (the decoder's in-place buffers)."""
         hidden = embeds.to(self.und_device, self.dtype)
-        if positions.shape[-1] != hidden.shape[0]:
-            raise ValueError(f"{hidden.shape[0]} tokens but positions for {positions.shape[-1]}")
-        routing = None
-        if gen_rows is not None and gen_rows.numel() > 0:
-            self._require_gen()
-            routing = _Routing(gen_rows, hidden.shape[0], hidden.device)
-        cos, sin = mrope_cos_sin(positions.to(hidden.device), self.inv_freq, self.config.mrope_section,
-                                 self.dtype)
+        if layout.cos.shape[0] != hidden.shape[0]:
+            raise ValueError(f"{hidden.shape[0]} tokens but positions for {layout.cos.shape[0]}")
         for index in range(self.config.num_hidden_layers):
-            hidden = self._layer(index, hidden, cos, sin, cache, causal, routing, update_cache)
+            hidden = self._layer(index, hidden, layout, cache, causal, update_cache)
         return hidden
 
-    def _layer(self, index, hidden, cos, sin, cache, causal, routing, update_cache):
-        cfg, dtype = self.config, self.dtype
+    def _layer(self, index, hidden, layout, cache, causal, update_cache):
+        cfg, dtype, routing = self.config, self.dtype, layout.routing
         und_layer = self.und.layers[index]
         gen_layer = self.gen.layers[index] if routing is not None else None
         qk_dtype = torch.float32 if routing is not None else dtype
+        norm = fused_ops.rms_norm if layout.fused else _rms_norm
+        rotate = fused_ops.rope if layout.fused else _rope
+        ffn = fused_ops.swiglu if layout.fused else _swiglu
 
         def qkv(layer):
             def project(x):
-                x = layer.input_norm(x).to(dtype)
+                x = norm(layer.input_norm, x, dtype)
                 q = layer.q_proj(x).unflatten(-1, (cfg.num_attention_heads, cfg.head_dim))
                 k = layer.k_proj(x).unflatten(-1, (cfg.num_key_value_heads, cfg.head_dim))
                 v = layer.v_proj(x).unflatten(-1, (cfg.num_key_value_heads, cfg.head_dim))
-                return layer.q_norm(q.to(qk_dtype)).to(qk_dtype), layer.k_norm(k.to(qk_dtype)).to(qk_dtype), v
+                return norm(layer.q_norm, q, qk_dtype), norm(layer.k_norm, k, qk_dtype), v
             return project
 
         q, k, v = self._routed(hidden, routing, qkv(und_layer), qkv(gen_layer) if gen_layer else None)
-        q = apply_rope(q, cos, sin).to(dtype)
-        k = apply_rope(k, cos, sin).to(dtype)
-        v = v.to(dtype)
-        past_k, past_v = cache.layer(index)
-        if past_k is not None:
-            k, v = torch.cat([past_k, k]), torch.cat([past_v, v])
-        if update_cache:
-            cache.store(index, k, v)
-        attn = attention(q, k, v, causal).flatten(1)
+        q = rotate(q, layout.cos, layout.sin, dtype)
+        k = rotate(k, layout.cos, layout.sin, dtype)
+        attn = cache.attend(index, q, k, v.to(dtype), causal, keep=update_cache).flatten(1)
 
         hidden = hidden + self._routed(attn, routing, und_layer.o_proj, gen_layer.o_proj if gen_layer else None)
 
         def mlp(layer):
-            return lambda x: layer.ffn(layer.post_attention_norm(x).to(dtype))
+            return lambda x: ffn(layer.ffn, norm(layer.post_attention_norm, x, dtype))
 
         return hidden + self._routed(hidden, routing, mlp(und_layer), mlp(gen_layer) if gen_layer else None)
 
@@ -332,18 +384,43 @@ class MoTDecoder:
         device; reassemble the result(s) in row order on ``x``'s device."""
         if routing is None:
             return _move(und_fn(x.to(self.und_device)), x.device)
-        und_out = _move(und_fn(x[routing.und].to(self.und_device)), x.device)
-        gen_out = _move(gen_fn(x[routing.gen].to(self.gen_device)), x.device)
+        und_out = _move(und_fn(_take(x, routing.und).to(self.und_device)), x.device)
+        gen_out = _move(gen_fn(_take(x, routing.gen).to(self.gen_device)), x.device)
         if isinstance(und_out, torch.Tensor):
-            return _interleave(und_out, gen_out, routing, x.shape[0])
-        return tuple(_interleave(u, g, routing, x.shape[0]) for u, g in zip(und_out, gen_out))
+            return _assemble(und_out, gen_out, routing)
+        return tuple(_assemble(u, g, routing) for u, g in zip(und_out, gen_out))
 
 
-def _interleave(und_part, gen_part, routing, length):
-    out = und_part.new_empty((length,) + tuple(und_part.shape[1:]))
-    out[routing.und] = und_part
-    out[routing.gen] = gen_part.to(und_part.dtype)
-    return out
+def _rms_norm(norm: RMSNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return norm(x.to(dtype)).to(dtype)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return apply_rope(x, cos, sin).to(dtype)
+
+
+def _swiglu(ffn: SwiGLU, x: torch.Tensor) -> torch.Tensor:
+    return ffn(x)
+
+
+def _take(x: torch.Tensor, runs: list[slice]) -> torch.Tensor:
+    """The rows of ``runs`` of ``x``, in order (a view when they are one run)."""
+    if len(runs) == 1:
+        return x[runs[0]]
+    if not runs:
+        return x[:0]
+    return torch.cat([x[rows] for rows in runs])
+
+
+def _assemble(und_part: torch.Tensor, gen_part: torch.Tensor, routing: _Routing) -> torch.Tensor:
+    """Both experts' rows back in chunk order, in the und part's dtype."""
+    gen_part = gen_part.to(und_part.dtype)
+    pieces, used = [], {True: 0, False: 0}
+    for rows, is_gen in routing.runs:
+        source, count = (gen_part if is_gen else und_part), rows.stop - rows.start
+        pieces.append(source[used[is_gen]:used[is_gen] + count])
+        used[is_gen] += count
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _move(result, device):

@@ -11,8 +11,17 @@ from typing import Callable
 
 import torch
 
+from .cuda_graphs import GraphedCall
+from .greedy_decode import greedy_decode
 from .kv_cache import KVCache
 from .mot import MoTDecoder
+
+# Noise blocks up to this many tokens (every image up to 1024², short clips) are replayed as CUDA
+# graphs: their passes are bound by kernel launches. Longer blocks keep the GPU busy on their own.
+GRAPH_MAX_TOKENS = 4608
+# Blocks from this many tokens (videos) fuse their element-wise chains even without a graph: their
+# kernels outlast the compiled calls' host time.
+FUSE_MIN_TOKENS = 8192
 
 RENORM_MODES = ("global", "channel", "none")
 
@@ -109,14 +118,34 @@ class Branch:
     positions: torch.Tensor
 
 
+class BranchPass:
+    """The velocity pass of one CFG branch, its constants (routing, MRoPE tables, position rows,
+    markers) computed once per sampling run; ``graphed``: replayed as a CUDA graph after its first call."""
+
+    def __init__(self, decoder: MoTDecoder, block: NoiseBlock, branch: Branch, pos: torch.Tensor,
+                 graphed: bool = False):
+        self.decoder, self.cache, self.pos = decoder, branch.cache, pos
+        self.gen_rows = torch.arange(1, len(block) - 1)
+        self.layout = decoder.prepare_pass(branch.positions, self.gen_rows,
+                                           fused=graphed or len(block) >= FUSE_MIN_TOKENS)
+        self.markers = block.marker_embeds.to(decoder.und_device, decoder.dtype)
+        self.graph = GraphedCall(self._velocity, decoder.und_device) if graphed else None
+
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        latents = self.decoder.embed_latents(x, t, pos=self.pos)
+        embeds = torch.cat([self.markers[:1], latents, self.markers[1:]])
+        return self.decoder.velocity(embeds, None, self.cache, self.gen_rows, layout=self.layout)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            return self._velocity(x, t)
+        return self.graph(x, t).clone()  # the graph's output is overwritten by its next replay
+
+
 def block_velocity(decoder: MoTDecoder, block: NoiseBlock, x: torch.Tensor, t: torch.Tensor,
                    branch: Branch) -> torch.Tensor:
     """Velocity ``[N, C]`` of every latent token of the block for latents ``x`` at per-token times ``t``."""
-    latents = decoder.embed_latents(x, t, block.pids)
-    markers = block.marker_embeds.to(latents.device, latents.dtype)
-    embeds = torch.cat([markers[:1], latents, markers[1:]])
-    gen_rows = torch.arange(1, len(block) - 1, device=embeds.device)
-    return decoder.velocity(embeds, branch.positions, branch.cache, gen_rows)
+    return BranchPass(decoder, block, branch, decoder.latent_positions(block.pids))(x, t)
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -126,22 +155,42 @@ def sample_flow(decoder: MoTDecoder, block: NoiseBlock, x: torch.Tensor, updated
                 cond: Branch, uncond: Branch | None, settings: FlowSettings,
                 callback: StepCallback | None = None) -> torch.Tensor:
     """Integrate the block's latents ``x`` ``[N, C]`` from t = 1 to 0; only ``updated_rows`` move (i2v's
-    clean first frame keeps t = 0). ``callback(step, x, v)`` runs after each Euler update."""
+    clean first frame keeps t = 0). ``callback(step, x, v)`` runs after each Euler update.
+
+    The loop never waits for the GPU: per-step times and the moving rows live on the device, and each
+    branch's pass is set up once (and replayed as a CUDA graph for small blocks, see ``GRAPH_MAX_TOKENS``;
+    fused element-wise kernels run in graphs and long blocks, ``FUSE_MIN_TOKENS``).
+    """
     if x.shape[0] != block.pids.numel():
         raise ValueError(f"x has {x.shape[0]} latent tokens but the noise block has {block.pids.numel()}")
     timesteps = flow_timesteps(settings.steps, settings.shift)
     x = x.to(torch.bfloat16)
-    t_rows = torch.zeros(x.shape[0], dtype=torch.float32)
+    moving = torch.zeros(x.shape[0], dtype=torch.float32)
+    moving[updated_rows] = 1.0
+    fixed = None if bool(moving.all()) else (moving == 0).to(x.device)
+    moving, step_t = moving.to(x.device), timesteps.to(x.device)
+    step_dt = (timesteps[:-1] - timesteps[1:]).to(x.device)
+    graphed = len(block) <= GRAPH_MAX_TOKENS and decoder.graphs_usable(with_generation=True)
+    pos = decoder.latent_positions(block.pids)
+    passes = {"cond": BranchPass(decoder, block, cond, pos, graphed)}
     for step in range(settings.steps):
-        t_rows[updated_rows] = timesteps[step]
-        v = block_velocity(decoder, block, x, t_rows, cond)
+        t_rows = moving * step_t[step]
+        v = passes["cond"](x, t_rows)
         if uncond is not None and settings.cfg_scale > 1.0 and cfg_active(timesteps[step], settings.cfg_interval):
-            v_uncond = block_velocity(decoder, block, x, t_rows, uncond)
+            if "uncond" not in passes:
+                passes["uncond"] = BranchPass(decoder, block, uncond, pos, graphed)
+            v_uncond = passes["uncond"](x, t_rows)
             v = combine_cfg(v, v_uncond, settings.cfg_scale, settings.renorm, settings.renorm_min)
-        x = euler_step(x, updated_rows, v, timesteps[step] - timesteps[step + 1])
+        x = _euler(x, v, step_dt[step], fixed)
         if callback is not None:
             callback(step, x, v)
     return x
+
+
+def _euler(x: torch.Tensor, v: torch.Tensor, dt: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
+    """``euler_step`` over all rows but the ``fixed`` ones (a device mask), without indexing by host rows."""
+    moved = (x - v.to(x.device) * dt).to(x.dtype)
+    return moved if fixed is None else torch.where(fixed[:, None], x, moved)
 
 
 @dataclass(frozen=True)
@@ -178,6 +227,9 @@ def generate_text(decoder: MoTDecoder, cache: KVCache, first_token: int, positio
     if positions.shape[-1] < settings.max_new_tokens:
         raise ValueError(f"positions cover {positions.shape[-1]} steps, fewer than max_new_tokens "
                          f"{settings.max_new_tokens}")
+    if settings.temperature <= 0 and isinstance(decoder, MoTDecoder):
+        return greedy_decode(decoder, cache, first_token, positions[:, :settings.max_new_tokens], vocab_limit,
+                             stop_token, on_token)
     token, out = first_token, []
     for step in range(settings.max_new_tokens):
         logits = decoder.decode_step(torch.tensor([token]), positions[:, step:step + 1], cache)
