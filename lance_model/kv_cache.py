@@ -6,6 +6,7 @@ import torch
 
 from . import fused_ops
 from .attention import attention, attention_to_rows
+from .attention_backends import SDPA, AttentionBackend
 
 
 class KVCache:
@@ -28,15 +29,15 @@ class KVCache:
         self.keys[index], self.values[index] = keys, values
 
     def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-               keep: bool) -> torch.Tensor:
+               keep: bool, backend: AttentionBackend = SDPA) -> torch.Tensor:
         """Attention of layer ``index``'s queries over its cached prefix followed by the new ``k``/``v``
-        (appended to the cache when ``keep``)."""
+        (appended to the cache when ``keep``), computed by ``backend``."""
         past_k, past_v = self.layer(index)
         if past_k is not None:
             k, v = torch.cat([past_k, k]), torch.cat([past_v, v])
         if keep:
             self.store(index, k, v)
-        return attention(q, k, v, causal)
+        return attention(q, k, v, causal, backend)
 
     def fork(self) -> "KVCache":
         """An independent cache that starts with the same prefix. Cheap: stored tensors are never
@@ -87,7 +88,9 @@ class DecodeKVCache:
         self.next_row += 1
 
     def attend(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-               keep: bool) -> torch.Tensor:
+               keep: bool, backend: AttentionBackend = SDPA) -> torch.Tensor:
+        """``KVCache.attend`` for one new token; its masked read of the buffer is exact fp32 whatever the
+        ``backend`` (see ``attention_to_rows``)."""
         if q.shape[0] != 1 or not keep:
             raise ValueError("DecodeKVCache takes one new token per step, kept in the cache")
         self.keys[index].index_copy_(0, self.next_row, k)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import fused_ops
+from .attention_backends import attention_backend
 from .config import LATENT, LLMConfig
 from .cuda_graphs import graphs_enabled, resident_on
 from .kv_cache import KVCache
@@ -216,16 +217,17 @@ class MoTDecoder:
     cast-on-the-fly ops handle fp8/fp32 storage); activations move, weights never do. The device
     defaults to where the expert's first parameter lives; under ComfyUI pass the patchers' load
     devices, since partially loaded weights may sit on the CPU. The residual stream, attention and the
-    KV cache live on the und device.
+    KV cache live on the und device; ``attention`` names the kernel (``attention_backends``).
     """
 
     def __init__(self, und: UnderstandingExpert, gen: GenerationExpert | None = None,
-                 dtype: torch.dtype = torch.bfloat16, und_device=None, gen_device=None):
+                 dtype: torch.dtype = torch.bfloat16, und_device=None, gen_device=None, attention: str = "auto"):
         self.und, self.gen, self.dtype = und, gen, dtype
         self.config = und.config
         self.und_device = torch.device(und_device) if und_device is not None else _param_device(und)
         self.gen_device = (torch.device(gen_device) if gen_device is not None
                            else _param_device(gen) if gen is not None else None)
+        self.attention = attention_backend(attention, self.und_device)
         self.inv_freq = mrope_inv_freq(self.config.head_dim, self.config.rope_theta)
 
     def new_cache(self) -> KVCache:
@@ -233,8 +235,8 @@ class MoTDecoder:
 
     def graphs_usable(self, with_generation: bool) -> bool:
         """Whether passes may be replayed as CUDA graphs: both experts' weights resident on one CUDA
-        device (see ``cuda_graphs``)."""
-        if not graphs_enabled():
+        device and an attention kernel that can be captured (see ``cuda_graphs``)."""
+        if not graphs_enabled() or not self.attention.graph_safe:
             return False
         if with_generation and (self.gen is None or self.gen_device != self.und_device):
             return False
@@ -370,7 +372,7 @@ class MoTDecoder:
         q, k, v = self._routed(hidden, routing, qkv(und_layer), qkv(gen_layer) if gen_layer else None)
         q = rotate(q, layout.cos, layout.sin, dtype)
         k = rotate(k, layout.cos, layout.sin, dtype)
-        attn = cache.attend(index, q, k, v.to(dtype), causal, keep=update_cache).flatten(1)
+        attn = cache.attend(index, q, k, v.to(dtype), causal, keep=update_cache, backend=self.attention).flatten(1)
 
         hidden = hidden + self._routed(attn, routing, und_layer.o_proj, gen_layer.o_proj if gen_layer else None)
 

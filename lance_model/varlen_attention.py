@@ -1,20 +1,16 @@
 """Bidirectional attention over a packed sequence of independent segments (``cu_seqlens``).
 
 The vision tower attends inside windows and temporal slices: many short segments that share a few
-lengths. Without flash-attn, segments of equal length are stacked into one batched SDPA call, so the
-cost is a handful of kernel launches per layer (no Python loop over windows, no dense block mask).
+lengths, so the layout groups the segments by length (for kernels without a varlen form) besides the
+``cu_seqlens`` offsets (for those with one). The kernel is an ``attention_backends`` choice.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-try:  # optional dependency; only its CUDA kernels are used
-    from flash_attn import flash_attn_varlen_func
-except ImportError:
-    flash_attn_varlen_func = None
+from .attention_backends import SDPA, AttentionBackend
 
 
 class PackedSegments:
@@ -40,19 +36,10 @@ class PackedSegments:
         ]
 
 
-def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: PackedSegments) -> torch.Tensor:
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: PackedSegments,
+                     backend: AttentionBackend = SDPA) -> torch.Tensor:
     """``q, k, v``: [tokens, heads, head_dim]; each token attends to every token of its own segment.
     Returns [tokens, heads, head_dim] in ``q``'s dtype; softmax scale 1/sqrt(head_dim)."""
     if q.shape[0] != segments.total:
         raise ValueError(f"packed sequence has {q.shape[0]} tokens but the segments cover {segments.total}")
-    if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        return flash_attn_varlen_func(q, k, v, segments.cu_seqlens, segments.cu_seqlens,
-                                      segments.max_len, segments.max_len)
-    # CPU kernels gain little from half precision; fp32 there also matches flash-attn's fp32 softmax
-    compute = q.dtype if q.is_cuda else torch.float32
-    out = torch.empty_like(q)
-    for index in segments.groups:
-        # [segments, length, heads, dim] -> [segments, heads, length, dim]
-        qg, kg, vg = (t[index].transpose(1, 2).to(compute) for t in (q, k, v))
-        out[index] = F.scaled_dot_product_attention(qg, kg, vg).transpose(1, 2).to(q.dtype)
-    return out
+    return backend.segments(q, k, v, segments)

@@ -17,11 +17,12 @@ class VisionTokens:
 
 
 @torch.no_grad()
-def encode_vision(vit: VisionTower, media, side: int, device=None) -> VisionTokens:
+def encode_vision(vit: VisionTower, media, side: int, device=None, attention: str = "auto") -> VisionTokens:
     """ViT tokens of ``media`` (anything ``preprocess.rgb_frames`` accepts: one image, or the clip's frames
     as the frame sampler picked them) resized to the bucket of area ``side²`` (a preset's ``vit`` side).
 
-    ``device`` is where the tower computes (default: where its weights are)."""
+    ``device`` is where the tower computes (default: where its weights are); ``attention`` names the
+    kernel (``attention_backends``)."""
     pixels = vit_input(media, side, vit.config)
     device = device if device is not None else next(vit.parameters()).device
-    return VisionTokens(vit(pixels.patches.to(device), [pixels.grid_thw]), pixels.grid_thw)
+    return VisionTokens(vit(pixels.patches.to(device), [pixels.grid_thw], attention=attention), pixels.grid_thw)

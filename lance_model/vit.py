@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention_backends import AttentionBackend, attention_backend
 from .config import VisionConfig
 from .layers import RMSNorm, SwiGLU
 from .ops import TorchOps
@@ -54,11 +55,12 @@ class VisionAttention(nn.Module):
         self.qkv = ops.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True, device=device, dtype=dtype)
         self.proj = ops.Linear(cfg.hidden_size, cfg.hidden_size, bias=True, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: PackedSegments):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: PackedSegments,
+                backend: AttentionBackend):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)
         cos, sin = rope
-        out = varlen_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, segments)
+        out = varlen_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v, segments, backend)
         return self.proj(out.reshape(n, -1))
 
 
@@ -70,8 +72,9 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(cfg, ops=ops, device=device, dtype=dtype)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, bias=True, ops=ops, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: PackedSegments):
-        x = x + self.attn(self.norm1(x), rope, segments)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], segments: PackedSegments,
+                backend: AttentionBackend):
+        x = x + self.attn(self.norm1(x), rope, segments, backend)
         return x + self.mlp(self.norm2(x))
 
 
@@ -149,11 +152,14 @@ class VisionTower(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos().float().unsqueeze(1), angles.sin().float().unsqueeze(1)
 
-    def forward(self, patches: torch.Tensor, grid_thw: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, grid_thw: torch.Tensor | Sequence[Sequence[int]],
+                attention: str = "auto") -> torch.Tensor:
         """``patches`` [N, C*tp*p*p] (any float dtype, CLIP-normalised) for the images/clips of
-        ``grid_thw`` (one (t, h, w) patch grid per item, packed in order) -> [N / merge², out_hidden]."""
+        ``grid_thw`` (one (t, h, w) patch grid per item, packed in order) -> [N / merge², out_hidden].
+        ``attention`` names the kernel (``attention_backends``)."""
         grids = self._check_grids(patches, grid_thw)
         cfg, device = self.config, patches.device
+        backend = attention_backend(attention, device)
         unit = cfg.spatial_merge_size ** 2
         order, window_lengths = window_order(grids, cfg)
         order = order.to(device)
@@ -165,7 +171,7 @@ class VisionTower(nn.Module):
         # full-attention blocks still see one temporal slice at a time
         slices = PackedSegments([h * w for t, h, w in grids for _ in range(t)], device)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, slices if i in cfg.fullatt_block_indexes else windows)
+            x = block(x, rope, slices if i in cfg.fullatt_block_indexes else windows, backend)
         x = self.merger(x)
         restore = torch.empty_like(order)
         restore[order] = torch.arange(order.numel(), device=device)
