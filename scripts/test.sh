@@ -10,6 +10,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 env_script="$repo/scripts/comfy_env.sh"
 
 bash "$env_script" install
+# The browser tests drive the system's chromium through playwright-core (tests/browser/setup.sh
+# installs both). Without them the other tests still run; tests/server/test_browser.py then fails.
+bash "$repo/tests/browser/setup.sh" || echo "test.sh: browser test setup failed; test_browser.py will fail" >&2
 settings="$(bash "$env_script" env)"
 eval "$settings"
 # The tests reach ComfyUI's `comfy` package through COMFYUI_PATH, and the server fixture starts
