@@ -38,10 +38,23 @@ def rejection_message(body: object) -> str:
         parts = [str(error or "invalid prompt")]
     for node_id, node in (body.get("node_errors") or {}).items():
         for e in node.get("errors", []):
-            where = f"node {node_id} ({node.get('class_type')})"
-            detail = f" {e['details']}" if e.get("details") else ""
-            parts.append(f"{where}{detail}: {e.get('message')}")
+            line = f"node {node_id} ({node.get('class_type')}){node_error_text(e)}"
+            if line not in parts:  # a node's own verdict comes once per input (see node_error_text)
+                parts.append(line)
     return parts[0] + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def node_error_text(error: dict) -> str:
+    """What follows "node N (class)" for one node error: ' <input>: <message>', or ': <verdict>' for
+    the node's own validation (``validate_inputs``). That verdict is about the node as a whole, yet
+    ComfyUI repeats it once per input as details '<input> - <verdict>'; naming those inputs would
+    point at the wrong ones."""
+    details, message = str(error.get("details") or ""), error.get("message")
+    if error.get("type") == "custom_validation_failed":
+        input_name = str((error.get("extra_info") or {}).get("input_name") or "")
+        verdict = details.removeprefix(f"{input_name} - ")
+        return f": {verdict if verdict and verdict != input_name else message}"
+    return f"{' ' + details if details else ''}: {message}"
 
 
 class ComfyClient:
