@@ -1,30 +1,13 @@
-"""The loader's attention option: which kernels are installed, and what ``auto`` means."""
+"""The loader's attention option: the kernels of ``lance_model.attention_backends``, checked when the model
+loads and ``auto`` settled for the device ComfyUI computes on."""
 from __future__ import annotations
 
-import importlib.util
+from ..lance_model.attention_backends import BACKEND_NAMES, resolve_backend_name
+from . import comfy_runtime
 
-ATTENTION_OPTIONS = ("auto", "sdpa", "flash_attn", "sage")
-# Optional packages behind the non-default kernels, and how users get them.
-_PACKAGES = {"flash_attn": ("flash_attn", "pip install flash-attn --no-build-isolation"),
-             "sage": ("sageattention", "pip install sageattention")}
-
-
-def installed_backends() -> list[str]:
-    """``sdpa`` (torch's own) plus every optional kernel whose package imports."""
-    return ["sdpa"] + [name for name, (package, _) in _PACKAGES.items() if importlib.util.find_spec(package)]
+ATTENTION_OPTIONS = BACKEND_NAMES
 
 
 def resolve_attention(choice: str) -> str:
-    """The kernel to run for ``choice``. ``auto`` takes flash-attn when installed, else torch SDPA; sage
-    is never picked automatically because it quantises Q and K (faster, not exact)."""
-    if choice not in ATTENTION_OPTIONS:
-        raise ValueError(f"attention must be one of {ATTENTION_OPTIONS}, got {choice!r}")
-    available = installed_backends()
-    if choice == "auto":
-        return "flash_attn" if "flash_attn" in available else "sdpa"
-    if choice not in available:
-        package, install = _PACKAGES[choice]
-        raise ValueError(f"attention '{choice}' needs the {package} package, which is not installed "
-                         f"(installed: {', '.join(available)}); run '{install}' in ComfyUI's Python, or choose "
-                         f"auto")
-    return choice
+    """The kernel to run for ``choice``; a clear error names the package to install when it is missing."""
+    return resolve_backend_name(choice, comfy_runtime.load_device())

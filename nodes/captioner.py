@@ -15,7 +15,7 @@ from .media_inputs import FPS_TOOLTIP, MEDIA_KINDS, media_frames
 from .model_handle import UND, VIT
 from .progress import TokenProgress
 from .sockets import LanceModelSocket
-from .validation import first_error, text_error
+from .validation import first_error, option_error, text_error
 
 TASKS = {"image": "x2t_image", "video": "x2t_video"}
 SAMPLING = ("off", "on")
@@ -63,8 +63,10 @@ class LanceCaptioner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, question):
-        return first_error(text_error("question", question))
+    def validate_inputs(cls, question, kind, resolution, sampling):
+        return first_error(text_error("question", question), option_error("kind", kind, MEDIA_KINDS),
+                           option_error("resolution", resolution, RESOLUTION_PRESETS),
+                           option_error("sampling", sampling, SAMPLING))
 
     @classmethod
     def execute(cls, model, image: torch.Tensor, question: str, kind: str, fps: float, resolution: str,
@@ -81,7 +83,8 @@ class LanceCaptioner(io.ComfyNode):
                                            instruction=system_prompt, resolution=resolution, text=settings))
 
         model.load(VIT)
-        vision = encode_vision(model.vision_tower, frames, resolution_preset(resolution).vit, device=model.device)
+        vision = encode_vision(model.vision_tower, frames, resolution_preset(resolution).vit, device=model.device,
+                               attention=model.attention)
         model.load(UND, tokens=vision.embeds.shape[0] + max_new_tokens)
         decoder = model.decoder(with_generation=False)
         prompt = prefill_question(decoder, model.tokenizer, task, question, vision, instruction=system_prompt,

@@ -4,21 +4,26 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..lance_model.config import LATENT
 from ..lance_model.generation import EditSource, encode_prompt
 from ..lance_model.pipeline import TaskRequest, check_request
 from ..lance_model.preprocess import RESOLUTION_PRESETS, resolution_preset, vae_input
 from ..lance_model.prompts import generation_system_prompt
+from ..lance_model.vae import require_wan22_vae
 from ..lance_model.vision_tokens import encode_vision
 from . import NODE_CLASSES, comfy_runtime
 from .condition_device import condition_on
 from .latents import empty_latent_like
 from .media_inputs import FPS_TOOLTIP, MEDIA_KINDS, media_frames
 from .model_handle import GEN, UND, VIT
+from .progress import StageProgress
 from .sockets import LanceCondSocket, LanceModelSocket
 from .source_encoding import encode_clean_latent
-from .validation import first_error, prompt_length_error, text_error
+from .validation import first_error, option_error, prompt_length_error, text_error
 
 TASKS = {"image": "image_edit", "video": "video_edit"}
+# The VAE groups frames 1 + 4k: the shortest clip that is one is 5 frames.
+VIDEO_EDIT_MIN_FRAMES = LATENT.temporal_factor + 1
 
 
 class LanceEditEncode(io.ComfyNode):
@@ -58,8 +63,9 @@ class LanceEditEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, instruction):
-        return first_error(text_error("instruction", instruction))
+    def validate_inputs(cls, instruction, kind, resolution):
+        return first_error(text_error("instruction", instruction), option_error("kind", kind, MEDIA_KINDS),
+                           option_error("resolution", resolution, RESOLUTION_PRESETS))
 
     @classmethod
     def execute(cls, model, vae, image: torch.Tensor, instruction: str, kind: str, fps: float,
@@ -67,22 +73,35 @@ class LanceEditEncode(io.ComfyNode):
         task = TASKS[kind]
         model.require_variant(kind, f"kind {kind}")
         model.require_vision_tower("Lance Edit Encode")
-        frames = check_request(TaskRequest(task=task, prompt=instruction, media=media_frames(image, kind, fps),
-                                           resolution=resolution))
+        require_wan22_vae(vae)  # before the vision tower runs, not after
+        media = media_frames(image, kind, fps, min_clip_frames=VIDEO_EDIT_MIN_FRAMES)
+        frames = check_request(TaskRequest(task=task, prompt=instruction, media=media, resolution=resolution))
         too_long = prompt_length_error(model.tokenizer, "instruction", instruction, generation_system_prompt(task))
         if too_long:
             raise ValueError(too_long)
         preset = resolution_preset(resolution)
 
-        model.load(VIT)
-        vision = encode_vision(model.vision_tower, frames, preset.vit, device=model.device)
-        latent = encode_clean_latent(vae, vae_input(frames, preset.vae))
-        source_tokens = latent.shape[0] * latent.shape[1] * latent.shape[2]
-        model.load(UND, GEN, tokens=vision.embeds.shape[0] + source_tokens)
-        condition = encode_prompt(model.decoder(with_generation=True), model.tokenizer, task, instruction,
-                                  EditSource(vision, latent))
-        cond = condition_on(condition, comfy_runtime.intermediate_device())
-        return io.NodeOutput(cond, empty_latent_like(latent))
+        progress = StageProgress(3)
+        condition = None
+        try:
+            with progress.stage():
+                model.load(VIT)
+                vision = encode_vision(model.vision_tower, frames, preset.vit, device=model.device,
+                                       attention=model.attention)
+            with progress.stage():
+                latent = encode_clean_latent(vae, vae_input(frames, preset.vae))
+            with progress.stage():
+                source_tokens = latent.shape[0] * latent.shape[1] * latent.shape[2]
+                model.load(UND, GEN, tokens=vision.embeds.shape[0] + source_tokens)
+                condition = encode_prompt(model.decoder(with_generation=True), model.tokenizer, task, instruction,
+                                          EditSource(vision, latent))
+            cond = condition_on(condition, comfy_runtime.intermediate_device())
+            return io.NodeOutput(cond, empty_latent_like(latent))
+        finally:
+            # Release the compute-device caches however the node ends: the output is a copy with its own
+            # cache lists (condition_on), and after an interrupt the traceback would keep them alive.
+            if condition is not None:
+                condition.free()
 
 
 NODE_CLASSES.append(LanceEditEncode)

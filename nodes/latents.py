@@ -14,7 +14,7 @@ from ..lance_model.preprocess import RESOLUTION_PRESETS, resolution_preset, vae_
 from ..lance_model.vae_latent import lance_latent_to_comfy
 from . import NODE_CLASSES, comfy_runtime
 from .source_encoding import encode_clean_latent
-from .validation import MAX_FRAMES, MAX_SIDE, PIXELS_PER_LATENT, first_error, frames_error, side_error
+from .validation import MAX_FRAMES, MAX_SIDE, PIXELS_PER_LATENT, first_error, frames_error, option_error, side_error
 
 I2V_MIN_FRAMES = LATENT.temporal_factor + 1
 # The exact normalised first frame of an i2v latent. ``samples`` holds it converted to ComfyUI's
@@ -99,8 +99,9 @@ class LanceImageToVideoLatent(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, frames):
-        return first_error(frames_error(frames, minimum=I2V_MIN_FRAMES))
+    def validate_inputs(cls, frames, resolution):
+        return first_error(frames_error(frames, minimum=I2V_MIN_FRAMES),
+                           option_error("resolution", resolution, RESOLUTION_PRESETS))
 
     @classmethod
     def execute(cls, vae, start_image: torch.Tensor, frames: int, resolution: str) -> io.NodeOutput:

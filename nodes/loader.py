@@ -11,6 +11,7 @@ from .attention_choice import ATTENTION_OPTIONS, resolve_attention
 from .download import download_folder
 from .model_handle import WEIGHT_DTYPES, build_lance_model
 from .sockets import LanceModelSocket
+from .validation import first_error, option_error
 
 model_folders.register_model_folder()
 
@@ -66,8 +67,9 @@ class LanceCheckpointLoader(io.ComfyNode):
                                        "halves the LLM's matmul weights (about 6 GB), computing in bf16; slightly "
                                        "less exact."),
                 io.Combo.Input("attention", options=list(ATTENTION_OPTIONS), default=AUTO,
-                               tooltip="auto: flash-attn when installed, else torch SDPA. flash_attn and sage need "
-                                       "their packages installed; sage quantises Q/K (faster, not exact)."),
+                               tooltip="auto: flash-attn on Ampere/Ada GPUs when installed, else torch SDPA (the "
+                                       "fastest on Hopper and newer). flash_attn and sage need their packages "
+                                       "installed; sage quantises Q/K (faster, not exact)."),
                 io.Combo.Input("vision_tower", options=[AUTO] + model_folders.vision_tower_names(), default=AUTO,
                                tooltip=f"auto: the tower bundled in the video checkpoint, else models/lance/"
                                        f"{VIT_FOLDER_NAME}. A folder name uses that tower instead (also with the "
@@ -79,6 +81,14 @@ class LanceCheckpointLoader(io.ComfyNode):
             outputs=[LanceModelSocket.Output(
                 display_name="model", tooltip="The Lance model for the encode, sample and caption nodes.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, checkpoint, weight_dtype, attention, vision_tower):
+        return first_error(
+            model_folders.name_error("checkpoint", checkpoint, model_folders.checkpoint_names()),
+            option_error("weight_dtype", weight_dtype, WEIGHT_DTYPES),
+            option_error("attention", attention, ATTENTION_OPTIONS),
+            model_folders.name_error("vision_tower", vision_tower, [AUTO] + model_folders.vision_tower_names()))
 
     @classmethod
     def execute(cls, checkpoint: str, weight_dtype: str, attention: str, vision_tower: str,

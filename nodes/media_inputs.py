@@ -11,8 +11,9 @@ FPS_TOOLTIP = (f"Frame rate of the input frames (video only; GetVideoComponents 
                f"{SAMPLE_FPS} fps is used as is.")
 
 
-def media_frames(images: torch.Tensor, kind: str, fps: float) -> torch.Tensor:
-    """The frames of ``images`` [N, H, W, C] that Lance sees for ``kind``."""
+def media_frames(images: torch.Tensor, kind: str, fps: float, min_clip_frames: int = 2) -> torch.Tensor:
+    """The frames of ``images`` [N, H, W, C] that Lance sees for ``kind``; a clip needs at least
+    ``min_clip_frames`` images (checked before resampling, so the message names what the user gave)."""
     count = images.shape[0]
     if kind == "image":
         if count != 1:
@@ -21,7 +22,7 @@ def media_frames(images: torch.Tensor, kind: str, fps: float) -> torch.Tensor:
         return images
     if kind != "video":
         raise ValueError(f"kind must be one of {MEDIA_KINDS}, got {kind!r}")
-    if count < 2:
-        raise ValueError("kind 'video' needs the clip's frames (at least 2 images in the batch), got 1 image; "
-                         "set kind to 'image' for a still image")
+    if count < min_clip_frames:
+        raise ValueError(f"kind 'video' needs the clip's frames (at least {min_clip_frames} images in the batch), got "
+                         f"{count}; give a longer clip, or set kind to 'image' for a still image")
     return images[sample_frame_indices(count, fps)]

@@ -60,8 +60,28 @@ def vision_tower_names() -> list[str]:
     return sorted(found, key=lambda name: (name != VIT_FOLDER_NAME, name))
 
 
+def _outside_error(name: str) -> str | None:
+    """Why ``name`` is no folder directly inside a model folder (a prompt posted to the API may carry any
+    string, and ComfyUI 0.3.75 does not check V3 combo values against their options)."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        return (f"'{name}' is not a folder name: Lance loads only folders directly inside the lance model folders "
+                f"({describe_roots()}); pick one of the listed names")
+    return None
+
+
+def name_error(field: str, name: str | None, listed: list[str]) -> str | None:
+    """For ``validate_inputs``: ``name`` must be one of the ``listed`` folder names."""
+    if name is None or name in listed:
+        return None
+    return _outside_error(name) or (f"{field} '{name}' is not in the lance model folders ({describe_roots()}); pick "
+                                    f"one of: {', '.join(listed)}")
+
+
 def find_folder(name: str) -> Path | None:
-    """The first ``lance`` folder holding a subfolder ``name``."""
+    """The first ``lance`` folder holding a subfolder ``name``; refuses names reaching outside them."""
+    outside = _outside_error(name)
+    if outside:
+        raise ValueError(outside)
     return next((root / name for root in lance_roots() if (root / name).is_dir()), None)
 
 

@@ -81,7 +81,7 @@ class LanceModel:
         """The LLM over the placed experts, computing on the load device wherever ComfyUI left weights."""
         gen = self.parts[GEN].model if with_generation else None
         return MoTDecoder(self.parts[UND].model, gen, dtype=COMPUTE_DTYPE, und_device=self.device,
-                          gen_device=self.device if with_generation else None)
+                          gen_device=self.device if with_generation else None, attention=self.attention)
 
     @property
     def vision_tower(self):

@@ -2,6 +2,8 @@
 also raises a pending interrupt) plus an explicit interrupt check, so Cancel stops within one step."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from . import comfy_runtime
@@ -33,3 +35,20 @@ class TokenProgress:
     def __call__(self, token_id: int) -> None:
         comfy_runtime.throw_if_interrupted()
         self.bar.update(1)
+
+
+class StageProgress:
+    """A node made of a few long stages (vision tower, VAE encode, prefill): one bar tick per finished
+    stage, and an interrupt check before each, so Cancel takes effect at the next stage boundary."""
+
+    def __init__(self, stages: int):
+        self.stages = stages
+        self.finished = 0
+        self.bar = comfy_runtime.progress_bar(stages)
+
+    @contextmanager
+    def stage(self):
+        comfy_runtime.throw_if_interrupted()
+        yield
+        self.finished += 1
+        self.bar.update_absolute(self.finished, self.stages)

@@ -14,11 +14,15 @@ from ..lance_model.vae_latent import comfy_latent_to_lance, lance_latent_to_comf
 from . import NODE_CLASSES, comfy_runtime
 from .condition_device import condition_on
 from .latents import CLEAN_FRAMES_KEY
+from .memory_errors import call_with_memory_advice
 from .model_handle import GEN, UND
 from .progress import StepProgress
 from .sockets import LanceCondSocket, LanceModelSocket
+from .validation import PIXELS_PER_LATENT, first_error, latent_size_error, option_error
 
 NOISE_KINDS = ("comfy", "reference")
+SAMPLING_REMEDY = ("use a smaller width/height or fewer frames, load the checkpoint with weight_dtype fp8_e4m3fn, "
+                   "and decode with VAE Decode (Tiled)")
 _DEFAULTS = FlowSettings()
 
 
@@ -31,6 +35,9 @@ def _target_samples(latent: dict) -> torch.Tensor:
     if samples.shape[0] != 1:
         raise ValueError(f"Lance Sampler generates one latent at a time, got a batch of {samples.shape[0]}; use "
                          f"batch size 1 and queue the prompt again for more")
+    too_large = latent_size_error(*samples.shape[2:])
+    if too_large:
+        raise ValueError(f"Lance Sampler: {too_large}")
     return samples
 
 
@@ -130,7 +137,10 @@ class LanceSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cfg_start, cfg_end):
+    def validate_inputs(cls, cfg_start, cfg_end, renorm, noise):
+        combo = first_error(option_error("renorm", renorm, RENORM_MODES), option_error("noise", noise, NOISE_KINDS))
+        if combo is not True:
+            return combo
         for name, value in (("cfg_start", cfg_start), ("cfg_end", cfg_end)):
             if value is not None and not 0.0 <= value <= 1.0:
                 return f"{name} must lie between 0 and 1 (flow time), got {value}"
@@ -154,9 +164,11 @@ class LanceSampler(io.ComfyNode):
         model.load(GEN, UND, tokens=len(condition.cond_cache) + t * h * w)
         # A device copy of the cond: sample_latent frees its caches when it ends, even on an interrupt,
         # while the cached original stays intact for the next prompt.
-        generated = sample_latent(model.decoder(with_generation=True), condition_on(condition, model.device),
-                                  initial, settings, clean_frames=clean, callback=StepProgress(steps),
-                                  free_condition=True)
+        generated = call_with_memory_advice(
+            f"Lance Sampler ran out of memory on a {w * PIXELS_PER_LATENT}x{h * PIXELS_PER_LATENT} px latent of {t} "
+            f"latent frame(s)", SAMPLING_REMEDY,
+            sample_latent, model.decoder(with_generation=True), condition_on(condition, model.device), initial,
+            settings, clean_frames=clean, callback=StepProgress(steps), free_condition=True)
         out = lance_latent_to_comfy(generated).to(comfy_runtime.intermediate_device())
         return io.NodeOutput({"samples": out})
 

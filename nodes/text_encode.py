@@ -8,8 +8,9 @@ from ..lance_model.prompts import generation_system_prompt
 from . import NODE_CLASSES, comfy_runtime
 from .condition_device import condition_on
 from .model_handle import UND
+from .progress import StageProgress
 from .sockets import LanceCondSocket, LanceModelSocket
-from .validation import first_error, prompt_length_error, text_error
+from .validation import first_error, option_error, prompt_length_error, text_error
 
 # Widget value -> Lance task and the checkpoint variant it runs on. Image-to-video shares the
 # text-to-video prompt (same system prompt, same cached prefix); its latent marks the given frame.
@@ -41,8 +42,8 @@ class LanceTextEncode(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, prompt):
-        return first_error(text_error("prompt", prompt))
+    def validate_inputs(cls, prompt, task):
+        return first_error(text_error("prompt", prompt), option_error("task", task, TASKS))
 
     @classmethod
     def execute(cls, model, prompt: str, task: str) -> io.NodeOutput:
@@ -52,9 +53,18 @@ class LanceTextEncode(io.ComfyNode):
         too_long = prompt_length_error(model.tokenizer, "prompt", prompt, system_prompt)
         if too_long:
             raise ValueError(too_long)
-        model.load(UND, tokens=len(model.tokenizer.encode(system_prompt + prompt)))
-        condition = encode_prompt(model.decoder(with_generation=False), model.tokenizer, lance_task, prompt)
-        return io.NodeOutput(condition_on(condition, comfy_runtime.intermediate_device()))
+        progress = StageProgress(1)
+        condition = None
+        try:
+            with progress.stage():
+                model.load(UND, tokens=len(model.tokenizer.encode(system_prompt + prompt)))
+                condition = encode_prompt(model.decoder(with_generation=False), model.tokenizer, lance_task, prompt)
+            return io.NodeOutput(condition_on(condition, comfy_runtime.intermediate_device()))
+        finally:
+            # Release the compute-device caches however the node ends: the output is a copy with its own
+            # cache lists (condition_on), and after an interrupt the traceback would keep them alive.
+            if condition is not None:
+                condition.free()
 
 
 NODE_CLASSES.append(LanceTextEncode)

@@ -38,9 +38,23 @@ def frames_error(value: int | None, minimum: int = 1) -> str | None:
     return None
 
 
+def latent_size_error(t: int, h: int, w: int) -> str | None:
+    """A latent [.., t, h, w] that Lance cannot place: its position table has ``max_latent_size`` rows per
+    side (beyond them the reference reuses positions and the picture repeats) and videos end at
+    ``max_latent_frames``."""
+    if max(h, w) > LATENT.max_latent_size:
+        return (f"the latent is {w}x{h} ({w * PIXELS_PER_LATENT}x{h * PIXELS_PER_LATENT} px) but Lance places at "
+                f"most {LATENT.max_latent_size} latent pixels per side ({MAX_SIDE} px); larger sizes would reuse "
+                f"positions and repeat content; make the latent at most {MAX_SIDE}x{MAX_SIDE} px")
+    if t > LATENT.max_latent_frames:
+        return (f"the latent has {t} latent frames ({(t - 1) * LATENT.temporal_factor + 1} video frames) but Lance "
+                f"generates at most {LATENT.max_latent_frames} ({MAX_FRAMES} frames); use fewer frames")
+    return None
+
+
 def text_error(name: str, value: str | None) -> str | None:
     if value is not None and not value.strip():
-        return f"{name} is empty; Lance needs text here"
+        return f"{name} is empty (or only spaces); Lance needs text here: type it into the {name} box"
     return None
 
 
@@ -54,6 +68,13 @@ def prompt_length_error(tokenizer, name: str, text: str, system_prompt: str) -> 
         return (f"{name} is {prompt_tokens} tokens long; at most {allowed} fit before position "
                 f"{VIT_TEMPORAL_BAND}, where Lance places image tokens; shorten it")
     return None
+
+
+def option_error(name: str, value: str | None, options) -> str | None:
+    """A combo value outside its options (ComfyUI 0.3.75 does not check V3 combos itself)."""
+    if value is None or value in options:
+        return None
+    return f"{name} must be one of {', '.join(options)}, got {value!r}"
 
 
 def first_error(*errors: str | None) -> str | bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import fake_attention_kernels
 import pytest
 import torch
-from pack_import import load_model, memory_requests, pack_module, run_node, use_lance_folders  # noqa: F401
+from pack_import import load_model, memory_requests, native_vae, pack_module, run_node, use_lance_folders  # noqa: F401
 
 from lance_model.checkpoint import LanceCheckpoint, VitCheckpoint
 from lance_model.comfy_lookup import import_comfy_module
@@ -102,17 +104,32 @@ def test_fp8_keeps_matmul_weights_in_fp8_and_computes_through_comfy_manual_cast(
     assert 0 < relative < 0.1
 
 
-def test_attention_auto_takes_flash_attn_when_installed(monkeypatch, tiny_folders):
-    attention_choice = pack_module("nodes.attention_choice")
-    assert load_model("Lance_3B", attention="auto").attention == "sdpa"
-    real_find_spec = attention_choice.importlib.util.find_spec
-    monkeypatch.setattr(attention_choice.importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
-    assert load_model("Lance_3B", attention="auto").attention == "flash_attn"
-    assert load_model("Lance_3B", attention="sdpa").attention == "sdpa"
+def test_attention_sdpa_and_auto_on_the_cpu_give_decoders_that_use_sdpa(monkeypatch, tiny_folders):
+    fake_attention_kernels.install(monkeypatch, pack_module("lance_model.attention_backends"), "flash_attn")
+    for choice in ("sdpa", "auto"):   # auto: SDPA on the CPU even with flash-attn installed
+        model = load_model("Lance_3B", attention=choice)
+        assert model.attention == "sdpa"
+        assert model.decoder(with_generation=True).attention.name == "sdpa"
 
 
-def test_an_attention_kernel_that_is_not_installed_is_refused_with_the_install_command(tiny_folders):
+@pytest.mark.parametrize("choice", ["sdpa", "flash_attn"])
+def test_the_attention_choice_runs_the_vision_tower_and_the_llm_of_the_nodes(monkeypatch, tiny_folders, choice):
+    fake = fake_attention_kernels.install(monkeypatch, pack_module("lance_model.attention_backends"), "flash_attn")
+    model = load_model("Lance_3B", attention=choice)
+    image = torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(2))
+    run_node("LanceEditEncode", model=model, vae=native_vae(tiny_folders.vae), image=image,
+             instruction="Make it pink.", kind="image", fps=12.0, resolution="image_256res")
+    edit_calls = sorted({call[0] for call in fake.calls})
+    fake.calls.clear()
+    run_node("LanceCaptioner", model=model, image=image, question="What is this?", kind="image", fps=12.0,
+             resolution="image_256res", instruction="", max_new_tokens=4, sampling="off", temperature=0.7,
+             top_p=0.9, seed=0)
+    expected = ["func", "varlen"] if choice == "flash_attn" else []   # LLM blocks, ViT segments
+    assert edit_calls == expected and sorted({call[0] for call in fake.calls}) == expected
+
+
+def test_an_attention_kernel_that_is_not_installed_is_refused_with_the_install_command(monkeypatch, tiny_folders):
+    fake_attention_kernels.uninstall(monkeypatch, "sage")
     with pytest.raises(ValueError, match=r"'sage' needs the sageattention package.*pip install sageattention"):
         load_model("Lance_3B", attention="sage")
 
@@ -142,9 +159,10 @@ class FakeHub:
         self.source = source
         self.downloaded: list[str] = []
 
-    def list_repo_files(self, repo):
-        assert repo == "bytedance-research/Lance"
-        return sorted(str(p.relative_to(self.source)) for p in self.source.rglob("*") if p.is_file())
+    def list_repo_tree(self, repo, path_in_repo, recursive):
+        assert repo == "bytedance-research/Lance" and recursive
+        return [SimpleNamespace(path=str(p.relative_to(self.source)), size=p.stat().st_size)
+                for p in sorted((self.source / path_in_repo).rglob("*")) if p.is_file()]
 
     def hf_hub_download(self, repo, filename, local_dir):
         self.downloaded.append(filename)
@@ -158,7 +176,7 @@ def test_download_missing_fetches_the_checkpoint_and_the_vision_tower(monkeypatc
     import huggingface_hub
 
     hub = FakeHub(tiny_checkpoint.root)
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", hub.list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "list_repo_tree", hub.list_repo_tree)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub.hf_hub_download)
     ticks = []
     comfy_runtime = pack_module("nodes.comfy_runtime")
@@ -186,10 +204,10 @@ def test_download_missing_fetches_the_checkpoint_and_the_vision_tower(monkeypatc
 def test_an_offline_download_says_what_failed_and_how_to_fetch_by_hand(monkeypatch, tmp_path):
     import huggingface_hub
 
-    def offline(repo):
+    def offline(repo, path_in_repo, recursive):
         raise ConnectionError("Failed to resolve 'huggingface.co'")
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", offline)
+    monkeypatch.setattr(huggingface_hub, "list_repo_tree", offline)
     use_lance_folders(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match=r"could not list the files of bytedance-research/Lance \(ConnectionError: "
                                            r"Failed to resolve.*huggingface-cli download bytedance-research/Lance "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +13,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+
+
+# A client that does not announce the "supports_preview_metadata" feature (this one) receives each latent
+# preview as ComfyUI's PREVIEW_IMAGE message: a big-endian u32 event type (1), a u32 image type, the image.
+PREVIEW_IMAGE = 1
+PREVIEW_FORMATS = {1: "JPEG", 2: "PNG"}
+
+
+@dataclass(frozen=True)
+class PreviewFrame:
+    format: str  # JPEG or PNG
+    data: bytes  # the encoded image
+
+
+def preview_frame(message: bytes) -> PreviewFrame:
+    """A binary websocket message of ``run_prompt`` as the latent preview it carries."""
+    event, image_type = struct.unpack(">II", message[:8])
+    if event != PREVIEW_IMAGE or image_type not in PREVIEW_FORMATS:
+        raise ValueError(f"not a preview image message: event type {event}, image type {image_type}")
+    return PreviewFrame(format=PREVIEW_FORMATS[image_type], data=bytes(message[8:]))
 
 
 class PromptRejected(AssertionError):
@@ -71,7 +92,7 @@ class ComfyClient:
 
         Returns the prompt's history entry and every websocket message received meanwhile, in order:
         text messages as their decoded JSON (``{"type": ..., "data": ...}``), binary ones (latent
-        previews) as bytes.
+        previews, see ``preview_frame``) as bytes.
         """
         return asyncio.run(asyncio.wait_for(self._follow_prompt(prompt), timeout))
 

@@ -3,7 +3,8 @@
 It is started through scripts/comfy_env.sh (the same path as the main job) on a free loopback port,
 with its own input/output/user/temp folders and a models folder that tests may fill while it runs:
 ``comfy_server.models_dir`` is laid out like ComfyUI's models/, its ``lance/`` and ``vae/`` being
-the server's ``lance`` and ``vae`` model folders (``served_tiny_models`` fills them).
+the server's ``lance`` and ``vae`` model folders (``served_tiny_models`` fills them). It sends
+Latent2RGB previews of every sampler step.
 """
 from __future__ import annotations
 
@@ -46,8 +47,10 @@ def comfy_server(tmp_path_factory) -> Iterator[ComfyClient]:
         folder.mkdir(parents=True)
     model_paths = root / "extra_model_paths.yaml"
     model_paths.write_text(yaml.safe_dump({"lance_tests": {key: str(path) for key, path in folders.items()}}))
+    # ComfyUI 0.3.75 sends latent previews only when started with a preview method (a prompt cannot ask).
+    extra_args = f"{os.environ.get('COMFY_EXTRA_ARGS', '')} --preview-method latent2rgb".strip()
     env = dict(os.environ, COMFY_PORT=str(_free_port()), COMFY_INSTANCE_DIR=str(root / "instance"),
-               COMFY_EXTRA_MODEL_PATHS=str(model_paths))
+               COMFY_EXTRA_MODEL_PATHS=str(model_paths), COMFY_EXTRA_ARGS=extra_args)
     if env.get("COMFYUI_PATH"):
         env.setdefault("COMFY_PYTHON", sys.executable)
 

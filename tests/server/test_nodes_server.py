@@ -10,6 +10,7 @@ slow: a bf16 decode of the official-width VAE takes over a minute per clip on tw
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import urllib.parse
@@ -21,6 +22,7 @@ import aiohttp
 import numpy as np
 import pytest
 import torch
+from comfy_client import preview_frame
 from example_media import IMAGE_NAME, VIDEO_NAME, mp4_bytes, png_bytes, upload_example_media
 from PIL import Image
 from safetensors.torch import load as load_safetensors
@@ -28,6 +30,7 @@ from safetensors.torch import load as load_safetensors
 from lance_model import pipeline
 from lance_model.checkpoint import VaeCheckpoint
 from lance_model.cli import build_parser
+from lance_model.comfy_lookup import import_comfy_module
 from lance_model.commands.run import build_request, load_models
 from lance_model.vae import decode_to_uint8, load_wan22_vae
 from lance_model.vae_latent import lance_latent_to_comfy
@@ -42,6 +45,9 @@ MAX_NEW_TOKENS = 8
 IMAGE_PRESET, VIDEO_PRESET = "image_256res", "video_192p"
 # ComfyUI's VAE Decode (fp32 on the CPU, SaveImage truncates to uint8) vs the reference's bf16 decode.
 DECODE_MEAN_LEVELS = 2.0
+# A received preview (JPEG at quality 95 of the upscaled Latent2RGB picture) vs the same picture made here.
+# On the tiny model the last step's preview is 0.4 levels off, the step before it 1.7.
+PREVIEW_MEAN_LEVELS = 1.0
 
 
 # ------------------------------------------------------------------------------------------------ graphs
@@ -160,6 +166,30 @@ def assert_latent_equal(samples: torch.Tensor, result: pipeline.TaskResult, reco
     assert samples.shape == expected.shape and torch.equal(samples, expected)
 
 
+def step_previews(messages: list, node: str) -> list[tuple[int | None, Image.Image]]:
+    """Every latent preview received, with the progress value of ``node`` reported just before it."""
+    previews, step = [], None
+    for message in messages:
+        if isinstance(message, bytes):
+            frame = preview_frame(message)
+            picture = Image.open(io.BytesIO(frame.data))
+            assert picture.format == frame.format
+            previews.append((step, picture.convert("RGB")))
+        elif message["type"] == "progress":
+            step = message["data"]["value"] if message["data"]["node"] == node else None
+    return previews
+
+
+def latent2rgb_picture(latent: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """ComfyUI's Latent2RGB preview of the first frame of Lance latent ``latent`` [t, h, w, 48], scaled to
+    ``size`` as the server scales previews."""
+    wan22 = import_comfy_module("comfy.latent_formats").Wan22()
+    previewer = importlib.import_module("latent_preview").Latent2RGBPreviewer(
+        wan22.latent_rgb_factors, wan22.latent_rgb_factors_bias, wan22.latent_rgb_factors_reshape)
+    picture = previewer.decode_latent_to_preview(latent.float().movedim(-1, 0).unsqueeze(0))
+    return picture.resize(size, Image.Resampling.BILINEAR)
+
+
 def assert_decode_close(frames: torch.Tensor, latent: torch.Tensor, reference_vae, record_property, task) -> None:
     expected = decode_to_uint8(reference_vae, latent)
     levels = (frames.float() - expected.float()).abs()
@@ -183,8 +213,8 @@ def test_every_node_and_input_is_documented_and_ids_are_the_packs_own(comfy_serv
         assert all(node["output_tooltips"]) and all(node["output_name"]), node_id
 
 
-def test_text_to_image_equals_the_command_line_and_reports_every_step(comfy_server, served, reference_vae,
-                                                                      record_property):
+def test_text_to_image_equals_the_command_line_and_reports_every_step_with_a_preview(comfy_server, served,
+                                                                                     reference_vae, record_property):
     graph = Graph()
     model = graph.loader("Lance_3B")
     latent = [graph.add("LanceEmptyLatent", width=64, height=48, frames=1), 0]
@@ -196,8 +226,19 @@ def test_text_to_image_equals_the_command_line_and_reports_every_step(comfy_serv
     steps = [m["data"]["value"] for m in messages if isinstance(m, dict) and m["type"] == "progress"
              and m["data"]["node"] == sampler]
     assert steps == list(range(1, STEPS + 1))
+    previews = step_previews(messages, sampler)
+    assert [step for step, _ in previews] == steps
+    sizes = {picture.size for _, picture in previews}
+    record_property("t2i preview sizes", sorted(sizes))
+    record_property("t2i preview bytes", [len(m) for m in messages if isinstance(m, bytes)])
+    assert len(sizes) == 1 and all(abs(width / height - 64 / 48) < 1 / height for width, height in sizes)
     result = run_command(served, "Lance_3B", "--task", "t2i", "--prompt", PROMPT, "--height", "48", "--width", "64",
                          decode=True)
+    # The last step's estimate of the clean latent is the result itself.
+    expected = np.asarray(latent2rgb_picture(result.final_latent, previews[-1][1].size), dtype=np.float32)
+    levels = [float(np.abs(np.asarray(picture, dtype=np.float32) - expected).mean()) for _, picture in previews]
+    record_property("t2i preview mean |diff| levels to the final latent's, per step", levels)
+    assert levels[-1] <= PREVIEW_MEAN_LEVELS
     assert_latent_equal(saved_latent(comfy_server, entry, latent_out), result, record_property, "t2i")
     assert_decode_close(saved_frames(comfy_server, entry, images), result.final_latent, reference_vae,
                         record_property, "t2i")
