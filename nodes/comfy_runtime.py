@@ -10,6 +10,8 @@ import importlib
 
 import torch
 
+from . import fp8_storage
+
 
 def memory_manager():
     return importlib.import_module("comfy.model_management")
@@ -47,16 +49,21 @@ def load_models(patchers, memory_required: int = 0) -> None:
     memory_manager().load_models_gpu(list(patchers), memory_required=memory_required)
 
 
-def operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype):
-    """ComfyUI's layer classes for weights stored in ``weight_dtype`` and computed in ``compute_dtype``."""
+def operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype, fp8_matmul: bool = False):
+    """ComfyUI's layer classes for weights stored in ``weight_dtype`` and computed in ``compute_dtype``;
+    ``fp8_matmul`` asks for fp8 matrix multiplications where the load device can do them."""
     ops = importlib.import_module("comfy.ops")
     if weight_dtype == compute_dtype:
         return ops.disable_weight_init
+    fast = fp8_matmul and memory_manager().supports_fp8_compute(load_device())
+    scaled = fp8_storage.scaled_operations(ops, fast)
+    if scaled is not None:
+        return scaled
     pick = getattr(ops, "pick_operations", None)
     if pick is None:
         return ops.manual_cast
-    # fp8 matmuls where the GPU and ComfyUI's --fast flags allow them, else cast weights on the fly.
-    return pick(weight_dtype, compute_dtype, load_device=load_device())
+    # Unscaled fp8: fp8 matmuls when asked (or by ComfyUI's --fast flags), else weights cast on the fly.
+    return pick(weight_dtype, compute_dtype, load_device=load_device(), fp8_optimizations=fast)
 
 
 def throw_if_interrupted() -> None:

@@ -63,9 +63,13 @@ class LanceCheckpointLoader(io.ComfyNode):
                                        "text/image-to-video, video edit, video captioning. Folders in models/lance "
                                        "holding model.safetensors + llm_config.json."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
-                               tooltip="default keeps the checkpoint's bf16 weights (about 12 GB for the LLM). fp8 "
-                                       "halves the LLM's matmul weights (about 6 GB), computing in bf16; slightly "
-                                       "less exact."),
+                               tooltip="How the LLM's matmul weights are kept. default: the checkpoint's bf16 "
+                                       "(about 12.4 GB), exact. fp8_e4m3fn: fp8 with a scale per weight, about half "
+                                       "the memory, computed in bf16; a small quality cost. fp8_e4m3fn_fast: as "
+                                       "fp8_e4m3fn, and the matmuls themselves run in fp8 (faster, a little less "
+                                       "exact) on GPUs with fp8 units (Ada, Hopper or newer); elsewhere the same as "
+                                       "fp8_e4m3fn. fp8_e5m2: fp8 storage with fewer mantissa bits (less exact "
+                                       "than e4m3)."),
                 io.Combo.Input("attention", options=list(ATTENTION_OPTIONS), default=AUTO,
                                tooltip="auto: flash-attn on Ampere/Ada GPUs when installed, else torch SDPA (the "
                                        "fastest on Hopper and newer). flash_attn and sage need their packages "

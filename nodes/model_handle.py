@@ -16,13 +16,16 @@ import torch
 from ..lance_model.checkpoint import VIT_FOLDER_NAME, LanceCheckpoint
 from ..lance_model.config import LLMConfig
 from ..lance_model.mot import MoTDecoder
-from ..lance_model.parts import build_parts
+from ..lance_model.parts import LanceParts, build_parts
 from ..lance_model.tokenizer import LanceTokenizer
-from . import comfy_runtime
+from . import comfy_runtime, fp8_storage
 
 # The reference computes in bf16 (spec §8); the tiny-checkpoint parity depends on it.
 COMPUTE_DTYPE = torch.bfloat16
-WEIGHT_DTYPES = {"default": COMPUTE_DTYPE, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+# How the experts' matmul weights are stored; the options and their order follow ComfyUI's UNETLoader.
+WEIGHT_DTYPES = {"default": COMPUTE_DTYPE, "fp8_e4m3fn": torch.float8_e4m3fn,
+                 "fp8_e4m3fn_fast": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+FP8_MATMUL_OPTIONS = {"fp8_e4m3fn_fast"}   # fp8 matrix multiplications where the GPU has them
 UND, GEN, VIT = "und", "gen", "vit"
 
 
@@ -88,14 +91,6 @@ class LanceModel:
         return self.parts[VIT].model
 
 
-def _store_linear_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Keep the matmul weights in ``dtype`` (fp8); norms, biases and embeddings stay bf16, as ComfyUI's
-    manual-cast layers cast each weight to the activations' dtype when they run."""
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.Linear):
-            layer.weight = torch.nn.Parameter(layer.weight.to(dtype), requires_grad=False)
-
-
 def build_lance_model(folder: Path, vit_dir: Path | None, weight_dtype: str, attention: str,
                       prefer_separate_vit: bool) -> LanceModel:
     """Open ``folder`` and wrap its parts in patchers. Lazy: reads headers and maps the weight files; no
@@ -105,14 +100,29 @@ def build_lance_model(folder: Path, vit_dir: Path | None, weight_dtype: str, att
     ckpt = LanceCheckpoint.open(folder)
     if prefer_separate_vit and vit_dir is not None:
         ckpt = dataclasses.replace(ckpt, vit=None)
+    built = build_parts(ckpt, vit_dir, ops=part_operations(weight_dtype), device=comfy_runtime.offload_device(),
+                        dtype=COMPUTE_DTYPE)
+    return wrap_parts(built, name=folder.name, variant=ckpt.variant, config=ckpt.llm_config,
+                      tokenizer=ckpt.tokenizer, weight_dtype=weight_dtype, attention=attention)
+
+
+def part_operations(weight_dtype: str):
+    """The ComfyUI layer classes to build the parts with, for weights kept in ``weight_dtype``."""
+    return comfy_runtime.operations(WEIGHT_DTYPES[weight_dtype], COMPUTE_DTYPE,
+                                    fp8_matmul=weight_dtype in FP8_MATMUL_OPTIONS)
+
+
+def wrap_parts(built: LanceParts, *, name: str, variant: str, config: LLMConfig, tokenizer: LanceTokenizer,
+               weight_dtype: str, attention: str) -> LanceModel:
+    """The handle over parts built with ``part_operations(weight_dtype)`` on the offload device: the experts'
+    matmul weights converted to their storage dtype (fp8 with a scale per tensor where the layers take one;
+    norms, biases, embeddings and the vision tower stay bf16), one patcher per part."""
     storage = WEIGHT_DTYPES[weight_dtype]
-    ops = comfy_runtime.operations(storage, COMPUTE_DTYPE)
-    built = build_parts(ckpt, vit_dir, ops=ops, device=comfy_runtime.offload_device(), dtype=COMPUTE_DTYPE)
     if storage != COMPUTE_DTYPE:
         for expert in (built.und, built.gen):
-            _store_linear_weights(expert, storage)
+            fp8_storage.store_linear_weights(expert, storage)
     parts = {UND: comfy_runtime.make_patcher(built.und), GEN: comfy_runtime.make_patcher(built.gen)}
     if built.vit is not None:
         parts[VIT] = comfy_runtime.make_patcher(built.vit)
-    return LanceModel(name=folder.name, variant=ckpt.variant, config=ckpt.llm_config, tokenizer=ckpt.tokenizer,
-                      parts=parts, attention=attention, vit_source=built.vit_source)
+    return LanceModel(name=name, variant=variant, config=config, tokenizer=tokenizer, parts=parts,
+                      attention=attention, vit_source=built.vit_source)
