@@ -1,6 +1,6 @@
 """Find, open and validate the official Lance model files.
 
-Layout of a models folder (the Hugging Face repo ``bytedance-research/Lance``)::
+Layout of a models folder (the official Hugging Face repository, ``HF_REPO``)::
 
     Lance_3B/          model.safetensors, llm_config.json, tokenizer.json (+ vocab.json, merges.txt, ...)
     Lance_3B_Video/    the same; model.safetensors also holds the vision tower as vit_model.*
@@ -25,6 +25,8 @@ from .safetensors_mmap import SafetensorsError, SafetensorsFile
 from .tokenizer import LanceTokenizer, TokenizerError
 from .vit import CHECKPOINT_PREFIX
 
+HF_REPO = "bytedance-research/Lance"
+HF_REPO_URL = f"https://huggingface.co/{HF_REPO}"
 # The reference prefers model.safetensors and falls back to ema.safetensors.
 LANCE_WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
 LLM_CONFIG_JSON = "llm_config.json"

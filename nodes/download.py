@@ -11,9 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ..lance_model.checkpoint import HF_REPO, HF_REPO_URL
 from . import comfy_runtime
-
-HF_REPO = "bytedance-research/Lance"
 
 
 class DownloadError(RuntimeError):
@@ -26,7 +25,7 @@ def staging_folder(folder: str, root: Path) -> Path:
 
 def _manual_hint(folder: str, root: Path) -> str:
     return (f"download it by hand: huggingface-cli download {HF_REPO} --include '{folder}/*' --local-dir {root} "
-            f"(or copy the folder from https://huggingface.co/{HF_REPO}/tree/main/{folder} to {root / folder})")
+            f"(or copy the folder from {HF_REPO_URL}/tree/main/{folder} to {root / folder})")
 
 
 def _hub_call(what: str, folder: str, root: Path, call, *args, **kwargs):

@@ -8,7 +8,6 @@ and runs on the CPU.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import sys
 from contextlib import contextmanager
@@ -20,23 +19,19 @@ import torch
 from lance_model.comfy_lookup import import_comfy_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import pack_loader  # noqa: E402
+
 PACK_NAME = "lance_pack_under_test"
 
 
 def pack_module(name: str = ""):
     """``<pack>.<name>`` (e.g. ``nodes.sampler``), importing ComfyUI and the pack on first use."""
-    if PACK_NAME not in sys.modules:
-        import_comfy_module("comfy_api.latest")
-        spec = importlib.util.spec_from_file_location(PACK_NAME, REPO_ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(REPO_ROOT)])
-        pack = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = pack
-        spec.loader.exec_module(pack)
-    return importlib.import_module(f"{PACK_NAME}.{name}" if name else PACK_NAME)
+    return pack_loader.pack_module(PACK_NAME, name)
 
 
 def node_classes() -> dict:
-    return {cls.GET_SCHEMA().node_id: cls for cls in pack_module("nodes").NODE_CLASSES}
+    return pack_loader.node_classes(PACK_NAME)
 
 
 def run_node(node_id: str, **inputs):
@@ -107,3 +102,31 @@ def load_model(checkpoint: str, weight_dtype: str = "default", attention: str = 
     """The LANCE_MODEL that Lance Checkpoint Loader returns."""
     return run_node("LanceCheckpointLoader", checkpoint=checkpoint, weight_dtype=weight_dtype, attention=attention,
                     vision_tower=vision_tower, download_missing=download_missing).args[0]
+
+
+@pytest.fixture
+def tiny_folders(monkeypatch, tiny_checkpoint):
+    """The session's tiny model set as ComfyUI's ``lance`` model folder for one test; returns the set."""
+    use_lance_folders(monkeypatch, tiny_checkpoint.root)
+    return tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_checkpoint):
+    """What Load VAE returns for the tiny model set's VAE, built once per test module."""
+    return native_vae(tiny_checkpoint.vae)
+
+
+def set_progress_hook(monkeypatch, hook) -> None:
+    """Send every ProgressBar update of one test to ``hook(value, total, preview, node_id=None)``, where the
+    server would send it to the browser."""
+    monkeypatch.setattr(import_comfy_module("comfy.utils"), "PROGRESS_BAR_HOOK", hook)
+
+
+@pytest.fixture
+def ticks(monkeypatch) -> list[tuple]:
+    """Every ProgressBar update as (value, total, preview), as ComfyUI's server hook would see it; this hook
+    never raises."""
+    seen = []
+    set_progress_hook(monkeypatch, lambda value, total, preview, node_id=None: seen.append((value, total, preview)))
+    return seen

@@ -1,5 +1,6 @@
 """Builds the packed samples of the seven golden tasks from their inputs (prompt, request, the sizes of
-the preprocessed media) the way a node would, for the sequence and position tests."""
+the preprocessed media) the way a node would, for the sequence and position tests; the fixtures
+``gen_case`` and ``und_case`` run a test once per generation / understanding task."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -75,3 +77,13 @@ def golden_case(golden_dir: Path, task: str) -> GoldenCase:
         instruction, question, _answer = entry["interleave_array"][1]
         sample = build_understanding(task, tokenizer, cfg, question, _vit_grid(golden_dir, settings), instruction)
     return GoldenCase(task, folder, settings, tensors, tokenizer, cfg, sample)
+
+
+@pytest.fixture(scope="module", params=GENERATION_TASKS)
+def gen_case(request, golden_dir) -> GoldenCase:
+    return golden_case(golden_dir, request.param)
+
+
+@pytest.fixture(scope="module", params=UNDERSTANDING_TASKS)
+def und_case(request, golden_dir) -> GoldenCase:
+    return golden_case(golden_dir, request.param)

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pack_import import memory_requests, native_vae, run_node  # noqa: F401
+from pack_import import memory_requests, run_node, vae  # noqa: F401
 
 from lance_model.comfy_lookup import import_comfy_module
 from lance_model.preprocess import resolution_preset, vae_input
 from lance_model.vae import encode_condition
 from lance_model.vae_latent import lance_latent_to_comfy
-
-
-@pytest.fixture(scope="module")
-def vae(tiny_checkpoint):
-    return native_vae(tiny_checkpoint.vae)
 
 
 @pytest.mark.parametrize("width, height, frames, shape", [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from pack_import import load_model, native_vae, run_node, use_lance_folders
+from pack_import import load_model, run_node, tiny_folders, use_lance_folders, vae  # noqa: F401
 from safetensors.torch import load_file
 
 from lance_model.cli import build_parser
@@ -24,6 +24,8 @@ INSTRUCTION = "Make the sky pink and add a white moon."
 QUESTION = "What color is the square in the center of the picture?"
 # ComfyUI's fp32 VAE Decode vs the reference's bf16 decode, in uint8 levels (tiny random VAE).
 DECODE_MEAN_LEVELS = 1.5
+# The input kinds of the edit and captioning tasks: kind, checkpoint, resolution preset.
+KINDS = [("image", "Lance_3B", "image_256res"), ("video", "Lance_3B_Video", "video_192p")]
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +44,10 @@ def media(tmp_path_factory, tiny_checkpoint):
                 clip_tensor=frames.float() / 255)
 
 
-@pytest.fixture(scope="module")
-def vae(tiny_checkpoint):
-    return native_vae(tiny_checkpoint.vae)
-
-
-@pytest.fixture
-def graph(monkeypatch, tiny_checkpoint):
-    use_lance_folders(monkeypatch, tiny_checkpoint.root)
-    return tiny_checkpoint
+def source(media: dict, kind: str) -> tuple[torch.Tensor, list[str]]:
+    """The ``kind`` input as the nodes get it (an IMAGE tensor) and as the command line's arguments."""
+    name = "image" if kind == "image" else "clip"
+    return media[f"{name}_tensor"], [f"--{kind}", str(media[name])]
 
 
 def run_cli(tmp_path: Path, checkpoint: Path, *argv: str) -> tuple[dict, str | None]:
@@ -74,61 +71,53 @@ def assert_same_generation(samples: torch.Tensor, reference: dict, vae) -> None:
     assert levels.mean() <= DECODE_MEAN_LEVELS, f"decode differs by {levels.mean():.2f} levels on average"
 
 
-def test_text_to_image(graph, vae, tmp_path):
+def test_text_to_image(tiny_folders, vae, tmp_path):
     model = load_model("Lance_3B")
     cond = run_node("LanceTextEncode", model=model, prompt=PROMPT, task="text_to_image").args[0]
     latent = run_node("LanceEmptyLatent", width=64, height=48, frames=1).args[0]
-    reference, _ = run_cli(tmp_path, graph.image, "--task", "t2i", "--prompt", PROMPT, "--height", "48", "--width",
-                           "64", "--steps", str(STEPS))
+    reference, _ = run_cli(tmp_path, tiny_folders.image, "--task", "t2i", "--prompt", PROMPT, "--height", "48",
+                           "--width", "64", "--steps", str(STEPS))
     assert_same_generation(sample(model, cond, latent), reference, vae)
 
 
-def test_text_to_video(graph, vae, tmp_path):
+def test_text_to_video(tiny_folders, vae, tmp_path):
     model = load_model("Lance_3B_Video")
     cond = run_node("LanceTextEncode", model=model, prompt=PROMPT, task="text_to_video").args[0]
     latent = run_node("LanceEmptyLatent", width=48, height=32, frames=5).args[0]
-    reference, _ = run_cli(tmp_path, graph.video, "--task", "t2v", "--prompt", PROMPT, "--height", "32", "--width",
-                           "48", "--frames", "5", "--steps", str(STEPS))
+    reference, _ = run_cli(tmp_path, tiny_folders.video, "--task", "t2v", "--prompt", PROMPT, "--height", "32",
+                           "--width", "48", "--frames", "5", "--steps", str(STEPS))
     assert_same_generation(sample(model, cond, latent), reference, vae)
 
 
-def test_image_to_video(graph, vae, media, tmp_path):
+def test_image_to_video(tiny_folders, vae, media, tmp_path):
     model = load_model("Lance_3B_Video")
     cond = run_node("LanceTextEncode", model=model, prompt=PROMPT, task="text_to_video").args[0]
     latent = run_node("LanceImageToVideoLatent", vae=vae, start_image=media["image_tensor"], frames=5,
                       resolution="image_256res").args[0]
-    reference, _ = run_cli(tmp_path, graph.video, "--task", "i2v", "--prompt", PROMPT, "--image", str(media["image"]),
-                           "--frames", "5", "--resolution", "image_256res", "--steps", str(STEPS))
+    reference, _ = run_cli(tmp_path, tiny_folders.video, "--task", "i2v", "--prompt", PROMPT, "--image",
+                           str(media["image"]), "--frames", "5", "--resolution", "image_256res", "--steps", str(STEPS))
     assert_same_generation(sample(model, cond, latent), reference, vae)
 
 
-def test_image_edit(graph, vae, media, tmp_path):
-    model = load_model("Lance_3B")
-    cond, latent = run_node("LanceEditEncode", model=model, vae=vae, image=media["image_tensor"],
-                            instruction=INSTRUCTION, kind="image", fps=12.0, resolution="image_256res").args
-    reference, _ = run_cli(tmp_path, graph.image, "--task", "image_edit", "--prompt", INSTRUCTION, "--image",
-                           str(media["image"]), "--resolution", "image_256res", "--steps", str(STEPS))
-    assert_same_generation(sample(model, cond, latent), reference, vae)
-
-
-def test_video_edit(graph, vae, media, tmp_path):
-    model = load_model("Lance_3B_Video")
-    cond, latent = run_node("LanceEditEncode", model=model, vae=vae, image=media["clip_tensor"],
-                            instruction=INSTRUCTION, kind="video", fps=12.0, resolution="video_192p").args
-    reference, _ = run_cli(tmp_path, graph.video, "--task", "video_edit", "--prompt", INSTRUCTION, "--video",
-                           str(media["clip"]), "--resolution", "video_192p", "--steps", str(STEPS))
-    assert_same_generation(sample(model, cond, latent), reference, vae)
-
-
-@pytest.mark.parametrize("kind, checkpoint, resolution", [("image", "Lance_3B", "image_256res"),
-                                                          ("video", "Lance_3B_Video", "video_192p")])
-def test_captioning(graph, media, tmp_path, kind, checkpoint, resolution):
+@pytest.mark.parametrize("kind, checkpoint, resolution", KINDS)
+def test_edit(tiny_folders, vae, media, tmp_path, kind, checkpoint, resolution):
     model = load_model(checkpoint)
-    output = run_node("LanceCaptioner", model=model, image=media[f"{'image' if kind == 'image' else 'clip'}_tensor"],
-                      question=QUESTION, kind=kind, resolution=resolution, **CAPTION)
-    source = ["--image", str(media["image"])] if kind == "image" else ["--video", str(media["clip"])]
-    reference, answer = run_cli(tmp_path, graph.root / checkpoint, "--task", f"x2t_{kind}", "--prompt", QUESTION,
-                                *source, "--resolution", resolution, "--max-new-tokens", "12")
+    image, source_args = source(media, kind)
+    cond, latent = run_node("LanceEditEncode", model=model, vae=vae, image=image, instruction=INSTRUCTION, kind=kind,
+                            fps=12.0, resolution=resolution).args
+    reference, _ = run_cli(tmp_path, tiny_folders.root / checkpoint, "--task", f"{kind}_edit", "--prompt", INSTRUCTION,
+                           *source_args, "--resolution", resolution, "--steps", str(STEPS))
+    assert_same_generation(sample(model, cond, latent), reference, vae)
+
+
+@pytest.mark.parametrize("kind, checkpoint, resolution", KINDS)
+def test_captioning(tiny_folders, media, tmp_path, kind, checkpoint, resolution):
+    model = load_model(checkpoint)
+    image, source_args = source(media, kind)
+    output = run_node("LanceCaptioner", model=model, image=image, question=QUESTION, kind=kind, resolution=resolution,
+                      **CAPTION)
+    reference, answer = run_cli(tmp_path, tiny_folders.root / checkpoint, "--task", f"x2t_{kind}", "--prompt", QUESTION,
+                                *source_args, "--resolution", resolution, "--max-new-tokens", "12")
     assert output.args[0] == answer
     assert output.ui.as_dict() == {"text": (answer,)}
     assert len(reference["generated_ids"]) > 0

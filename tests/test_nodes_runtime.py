@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from pack_import import load_model, memory_requests, native_vae, run_node, use_lance_folders  # noqa: F401
+from pack_import import load_model, memory_requests, run_node, set_progress_hook, ticks, tiny_folders, vae  # noqa: F401
 
 from lance_model.comfy_lookup import import_comfy_module
 
@@ -16,30 +16,12 @@ SAMPLER = dict(seed=3, steps=4, cfg=4.0, shift=3.5, cfg_start=0.4, cfg_end=1.0, 
 CAPTION = dict(question="What is in the picture?", kind="image", fps=12.0, resolution="image_256res", instruction="",
                max_new_tokens=6, sampling="off", temperature=0.7, top_p=0.9, seed=0)
 
-
-@pytest.fixture(autouse=True)
-def tiny_folders(monkeypatch, tiny_checkpoint):
-    use_lance_folders(monkeypatch, tiny_checkpoint.root)
-
-
-@pytest.fixture(scope="module")
-def vae(tiny_checkpoint):
-    return native_vae(tiny_checkpoint.vae)
+pytestmark = pytest.mark.usefixtures("tiny_folders")
 
 
 @pytest.fixture(scope="module")
 def image():
     return torch.rand(1, 48, 64, 3, generator=torch.Generator().manual_seed(2))
-
-
-@pytest.fixture
-def ticks(monkeypatch):
-    """Every ProgressBar update as (value, total, preview), as ComfyUI's server hook would see it."""
-    utils = import_comfy_module("comfy.utils")
-    seen = []
-    monkeypatch.setattr(utils, "PROGRESS_BAR_HOOK", lambda value, total, preview, node_id=None:
-                        seen.append((value, total, preview)))
-    return seen
 
 
 def t2i(model, **overrides):
@@ -95,19 +77,18 @@ def test_an_interrupt_stops_the_sampler_within_one_step_and_the_cond_stays_usabl
     cond, _, sample = t2i(load_model("Lance_3B"), steps=6)
     expected = sample()
     ticks.clear()
-    utils = import_comfy_module("comfy.utils")
 
     def interrupt_after_step_two(value, total, preview, node_id=None):
         ticks.append(value)
         if value == 2:
             manager.interrupt_current_processing(True)  # what POST /interrupt does, during step 3
 
-    monkeypatch.setattr(utils, "PROGRESS_BAR_HOOK", interrupt_after_step_two)
+    set_progress_hook(monkeypatch, interrupt_after_step_two)
     with pytest.raises(manager.InterruptProcessingException):
         sample()
     assert ticks == [1, 2] and not manager.processing_interrupted()
     assert all(k is not None for k in cond.cond_cache.keys + cond.uncond_cache.keys)
-    monkeypatch.setattr(utils, "PROGRESS_BAR_HOOK", None)
+    set_progress_hook(monkeypatch, None)
     assert torch.equal(sample(), expected)
 
 

@@ -8,22 +8,14 @@ import gc
 
 import pytest
 import torch
-from pack_import import load_model, native_vae, pack_module, run_node, use_lance_folders
+from pack_import import load_model, pack_module, run_node, set_progress_hook, ticks, tiny_folders, vae  # noqa: F401
 
 from lance_model.comfy_lookup import import_comfy_module
 
 INSTRUCTION = "Make the sky pink."
 PROMPT = "A lighthouse on a cliff at dusk."
 
-
-@pytest.fixture(autouse=True)
-def tiny_folders(monkeypatch, tiny_checkpoint):
-    use_lance_folders(monkeypatch, tiny_checkpoint.root)
-
-
-@pytest.fixture(scope="module")
-def vae(tiny_checkpoint):
-    return native_vae(tiny_checkpoint.vae)
+pytestmark = pytest.mark.usefixtures("tiny_folders")
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +28,6 @@ def manager():
     return import_comfy_module("comfy.model_management")
 
 
-def _hook(monkeypatch, hook) -> None:
-    monkeypatch.setattr(import_comfy_module("comfy.utils"), "PROGRESS_BAR_HOOK", hook)
-
-
-@pytest.fixture
-def ticks(monkeypatch):
-    """Every ProgressBar update as (value, total, preview); this hook never raises."""
-    seen = []
-    _hook(monkeypatch, lambda value, total, preview, node_id=None: seen.append((value, total, preview)))
-    return seen
-
-
 @pytest.fixture
 def server_ticks(monkeypatch, manager):
     """Progress values through a hook that, like the server's (main.py), raises a pending interrupt."""
@@ -57,7 +37,7 @@ def server_ticks(monkeypatch, manager):
         manager.throw_exception_if_processing_interrupted()
         seen.append(value)
 
-    _hook(monkeypatch, hook)
+    set_progress_hook(monkeypatch, hook)
     return seen
 
 

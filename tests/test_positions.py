@@ -10,17 +10,7 @@ from lance_model.kv_plan import plan_generation, understanding_prefill
 from lance_model.positions import (REFERENCE_TEMPORAL_BAND, VIT_TEMPORAL_BAND, apply_mape, generation_positions,
                                    get_rope_index, rope_grids, understanding_positions)
 from lance_model.sequence import EDIT_SOURCE, REFERENCE, TARGET, TEMPLATE, VIT, build_text_to_visual
-from sequence_goldens import GENERATION_TASKS, UNDERSTANDING_TASKS, golden_case
-
-
-@pytest.fixture(scope="module", params=GENERATION_TASKS)
-def gen_case(request, golden_dir):
-    return golden_case(golden_dir, request.param)
-
-
-@pytest.fixture(scope="module", params=UNDERSTANDING_TASKS)
-def und_case(request, golden_dir):
-    return golden_case(golden_dir, request.param)
+from sequence_goldens import gen_case, golden_case, und_case  # noqa: F401
 
 
 @pytest.fixture(scope="module")

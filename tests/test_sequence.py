@@ -17,19 +17,9 @@ from lance_model.prompts import (DEFAULT_UNDERSTANDING_INSTRUCTIONS, VISUAL_PLAC
 from lance_model.sequence import (CAPTION, CAUSAL, build_edit, build_text_to_visual, build_understanding,
                                   latent_shape)
 from lance_model.tokenizer import LanceTokenizer
-from sequence_goldens import GENERATION_TASKS, UNDERSTANDING_TASKS, golden_case
+from sequence_goldens import gen_case, golden_case, und_case  # noqa: F401
 
 BLOCK_SIZE = 128  # the reference pads every sample's split list to a multiple of this before MaPE
-
-
-@pytest.fixture(scope="module", params=GENERATION_TASKS)
-def gen_case(request, golden_dir):
-    return golden_case(golden_dir, request.param)
-
-
-@pytest.fixture(scope="module", params=UNDERSTANDING_TASKS)
-def und_case(request, golden_dir):
-    return golden_case(golden_dir, request.param)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lance_model.checkpoint import HF_REPO, HF_REPO_URL
+
 from .api_format import to_api
 from .catalog import Workflow
-from .models import HF_REPO_URL, official_models
+from .models import official_models
 from .schema import NodeSchema
 from .ui_format import Provenance, to_ui
 
@@ -57,7 +59,7 @@ def _note(workflow: Workflow, models: list[dict], has_sampler: bool) -> str:
         if path not in folders:
             folders.append(path)
     lines = [f"## Lance\n\n{workflow.summary}\n\nModels from "
-             f"[bytedance-research/Lance]({HF_REPO_URL}):\n"]
+             f"[{HF_REPO}]({HF_REPO_URL}):\n"]
     lines += [f"- `{path}`" for path in folders]
     lines.append("\n**download_missing** on Lance Checkpoint Loader fetches the Lance folders.")
     if has_sampler:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lance_model.checkpoint import LANCE_WEIGHT_FILES, VIT_FOLDER_NAME, VIT_WEIGHTS, variant_from_folder_name
+from lance_model.checkpoint import (HF_REPO_URL, LANCE_WEIGHT_FILES, VIT_FOLDER_NAME, VIT_WEIGHTS,
+                                    variant_from_folder_name)
 
 from .graph import ResolvedNode
 
-HF_REPO_URL = "https://huggingface.co/bytedance-research/Lance"
 HF_RESOLVE = HF_REPO_URL + "/resolve/main/"
 LANCE_FOLDER_KEY = "lance"
 VAE_FOLDER_KEY = "vae"

@@ -96,7 +96,12 @@ class ComfyClient:
         """
         return asyncio.run(asyncio.wait_for(self._follow_prompt(prompt), timeout))
 
-    async def _follow_prompt(self, prompt: dict) -> tuple[dict, list]:
+    def run_and_interrupt(self, prompt: dict, node: str, trigger: str, timeout: float) -> tuple[dict, list]:
+        """``run_prompt``, with a POST /interrupt when ``node`` first sends a ``trigger`` message:
+        "executing" (it starts) or "progress" (its first progress report)."""
+        return asyncio.run(asyncio.wait_for(self._follow_prompt(prompt, (trigger, node)), timeout))
+
+    async def _follow_prompt(self, prompt: dict, interrupt_on: tuple[str, str] | None = None) -> tuple[dict, list]:
         client_id = uuid.uuid4().hex
         messages: list = []
         async with aiohttp.ClientSession() as session:
@@ -109,9 +114,19 @@ class ComfyClient:
                     elif message.type == aiohttp.WSMsgType.TEXT:
                         event = json.loads(message.data)
                         messages.append(event)
+                        if interrupt_on == (event["type"], event["data"].get("node")):
+                            interrupt_on = None  # once
+                            async with session.post(f"{self.url}/interrupt", json={}) as response:
+                                assert response.status == 200, f"POST /interrupt answered {response.status}"
                         # The server's last word on a prompt, sent after its history entry is stored.
                         if event["type"] == "executing" and event["data"] == {"node": None, "prompt_id": prompt_id}:
                             break
                 else:
                     raise ConnectionError(f"the websocket closed before prompt {prompt_id} finished")
         return self.wait_for_history(prompt_id, timeout=30), messages
+
+
+def progress_values(messages: list, node: str) -> list[int]:
+    """The progress values ``node`` reported, in order, among the messages of ``run_prompt``."""
+    return [m["data"]["value"] for m in messages if isinstance(m, dict) and m["type"] == "progress"
+            and m["data"]["node"] == node]

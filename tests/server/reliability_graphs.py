@@ -6,12 +6,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from api_graph import ApiGraph
 from safetensors.torch import save_file
 
+from lance_model.checkpoint import VAE_FILE_NAME
 from lance_model.comfy_lookup import import_comfy_module
 from lance_model.tiny import TinyModels
 
-VAE_NAME = "Wan2.2_VAE.pth"
 WAN21_VAE_NAME = "wan_2.1_vae.safetensors"
 PROMPT = "A red fox jumps over the lazy dog in the snow."
 INSTRUCTION = "Make the sky pink."
@@ -19,23 +20,8 @@ QUESTION = "What is in the picture?"
 SMALL_PRESET = "image_256res"
 
 
-class Graph:
-    """An API-format prompt under construction; ``add`` returns the new node's id."""
-
-    def __init__(self):
-        self.prompt: dict = {}
-
-    def add(self, class_type: str, **inputs) -> str:
-        node_id = str(len(self.prompt) + 1)
-        self.prompt[node_id] = {"class_type": class_type, "inputs": inputs}
-        return node_id
-
-    def loader(self, checkpoint: str = "Lance_3B", vision_tower: str = "auto") -> list:
-        return [self.add("LanceCheckpointLoader", checkpoint=checkpoint, weight_dtype="default", attention="auto",
-                         vision_tower=vision_tower, download_missing=False), 0]
-
-    def vae(self, name: str = VAE_NAME) -> list:
-        return [self.add("VAELoader", vae_name=name), 0]
+class Graph(ApiGraph):
+    """The Lance tasks' nodes at the reliability tests' tiny sizes."""
 
     def text_encode(self, model, prompt: str = PROMPT, task: str = "text_to_image") -> list:
         return [self.add("LanceTextEncode", model=model, prompt=prompt, task=task), 0]
@@ -81,7 +67,7 @@ def link_models(models: TinyModels, models_dir: Path) -> None:
     """The tiny model set into a server's ``lance`` and ``vae`` folders."""
     for folder in (models.image, models.video, models.vit):
         (models_dir / "lance" / folder.name).symlink_to(folder, target_is_directory=True)
-    (models_dir / "vae" / VAE_NAME).symlink_to(models.vae)
+    (models_dir / "vae" / VAE_FILE_NAME).symlink_to(models.vae)
 
 
 def truncated_copy(folder: Path, dest: Path) -> Path:

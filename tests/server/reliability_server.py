@@ -7,12 +7,8 @@ can read its resident memory.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import shlex
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,10 +16,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from comfy_client import ComfyClient
+from comfy_env_server import INSTANCE_FOLDER, comfy_env_server
+from fixtures_tiny import TINY_SEED
+from reliability_graphs import link_models
 
-ENV_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "comfy_env.sh"
+from lance_model.tiny import TinyModels, write_tiny_checkpoint
+
 HERE = Path(__file__).resolve().parent
 # Test-only node packs (see their docstrings).
 RELIABILITY_PACK = HERE / "reliability_pack"
@@ -61,50 +60,28 @@ class ReliabilityServer(ComfyClient):
         return Path(f"/proc/{self.pid}").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _env_script(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ENV_SCRIPT), command], env=env, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
-
-
 @contextmanager
 def reliability_server(root: Path, packs: tuple[Path, ...] = ()) -> Iterator[ReliabilityServer]:
     """Start a ComfyUI on a free port whose ``lance`` and ``vae`` model folders are ``root/models/...``
     (created empty), with the test-only node ``packs`` besides the Lance pack; stop it on exit."""
-    models_dir = root / "models"
-    folders = {key: models_dir / key for key in ("lance", "vae")}
-    for folder in folders.values():
-        folder.mkdir(parents=True)
-    paths = {key: str(path) for key, path in folders.items()}
+    extra_paths = {}
     if packs:
         custom_nodes = root / "custom_nodes"
         custom_nodes.mkdir()
         for pack in packs:
             (custom_nodes / pack.name).symlink_to(pack, target_is_directory=True)
-        paths["custom_nodes"] = str(custom_nodes)
-    model_paths = root / "extra_model_paths.yaml"
-    model_paths.write_text(yaml.safe_dump({"lance_reliability": paths}))
-    env = dict(os.environ, COMFY_PORT=str(_free_port()), COMFY_INSTANCE_DIR=str(root / "instance"),
-               COMFY_EXTRA_MODEL_PATHS=str(model_paths))
-    if env.get("COMFYUI_PATH"):
-        env.setdefault("COMFY_PYTHON", sys.executable)
-
-    started = _env_script("start", env)
-    if started.returncode != 0:
-        raise RuntimeError(f"ComfyUI did not start (comfy_env.sh start exit {started.returncode}):\n{started.stderr}")
-    try:
-        listed = _env_script("env", env)
-        assert listed.returncode == 0, f"comfy_env.sh env failed:\n{listed.stderr}"
-        settings = dict(shlex.split(line)[0].split("=", 1) for line in listed.stdout.splitlines())
+        extra_paths["custom_nodes"] = custom_nodes
+    with comfy_env_server(root, extra_paths) as client:
         # The pid file of comfy_env.sh names the server process itself (started with exec setsid).
-        yield ReliabilityServer(url=settings["COMFY_URL"], log_path=Path(settings["COMFY_LOG"]),
-                                pack_name=settings["COMFY_PACK_NAME"], models_dir=models_dir,
-                                pid=int((root / "instance" / "server.pid").read_text()))
-    finally:
-        stopped = _env_script("stop", env)
-        assert stopped.returncode == 0, f"comfy_env.sh stop failed:\n{stopped.stderr}"
+        pid = int((root / INSTANCE_FOLDER / "server.pid").read_text())
+        yield ReliabilityServer(**dataclasses.asdict(client), pid=pid)
+
+
+@contextmanager
+def tiny_reliability_server(tmp_path_factory, name: str) -> Iterator[tuple[ReliabilityServer, TinyModels]]:
+    """A reliability server with both test-only packs, serving a tiny model set whose VAE has the narrow
+    widths (``NARROW_VAE_PACK`` lets ComfyUI's VAELoader build it); yields the server and that set."""
+    with reliability_server(tmp_path_factory.mktemp(name), packs=(RELIABILITY_PACK, NARROW_VAE_PACK)) as running:
+        models = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_models"), seed=TINY_SEED, vae_widths="tiny")
+        link_models(models, running.models_dir)
+        yield running, models

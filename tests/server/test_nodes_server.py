@@ -9,20 +9,17 @@ slow: a bf16 decode of the official-width VAE takes over a minute per clip on tw
 """
 from __future__ import annotations
 
-import asyncio
 import importlib
 import io
-import json
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import pytest
 import torch
-from comfy_client import preview_frame
+from api_graph import ApiGraph
+from comfy_client import preview_frame, progress_values
 from example_media import IMAGE_NAME, VIDEO_NAME, mp4_bytes, png_bytes, upload_example_media
 from PIL import Image
 from safetensors.torch import load as load_safetensors
@@ -53,23 +50,8 @@ PREVIEW_MEAN_LEVELS = 1.0
 # ------------------------------------------------------------------------------------------------ graphs
 
 
-class Graph:
-    """An API-format prompt under construction; ``add`` returns the new node's id."""
-
-    def __init__(self):
-        self.prompt: dict = {}
-
-    def add(self, class_type: str, **inputs) -> str:
-        node_id = str(len(self.prompt) + 1)
-        self.prompt[node_id] = {"class_type": class_type, "inputs": inputs}
-        return node_id
-
-    def loader(self, checkpoint: str) -> list:
-        return [self.add("LanceCheckpointLoader", checkpoint=checkpoint, weight_dtype="default", attention="auto",
-                         vision_tower="auto", download_missing=False), 0]
-
-    def vae(self) -> list:
-        return [self.add("VAELoader", vae_name="Wan2.2_VAE.pth"), 0]
+class Graph(ApiGraph):
+    """The nodes of the graphs compared with the command line; ``sampler`` and ``edit`` return node ids."""
 
     def sampler(self, model, cond, latent, **overrides) -> str:
         settings = dict(seed=SEED, steps=STEPS, cfg=4.0, shift=3.5, cfg_start=0.4, cfg_end=1.0, renorm="global",
@@ -223,8 +205,7 @@ def test_text_to_image_equals_the_command_line_and_reports_every_step_with_a_pre
     images = graph.save_images(graph.decode(graph.vae(), [sampler, 0]), "lance_t2i/frame")
     entry, messages = run(comfy_server, graph)
 
-    steps = [m["data"]["value"] for m in messages if isinstance(m, dict) and m["type"] == "progress"
-             and m["data"]["node"] == sampler]
+    steps = progress_values(messages, sampler)
     assert steps == list(range(1, STEPS + 1))
     previews = step_previews(messages, sampler)
     assert [step for step, _ in previews] == steps
@@ -354,35 +335,11 @@ def test_a_new_seed_reuses_the_cached_prompt_encoding(comfy_server, served):
     assert ids["encode"] not in executed and ids["sampler"] in executed
 
 
-async def _interrupt_after_first_step(comfy_server, prompt: dict, node: str) -> tuple[str, list[int]]:
-    """Queue ``prompt``; after the first progress report of ``node`` POST /interrupt. Returns the prompt id
-    and every progress value of ``node`` seen."""
-    client_id = uuid.uuid4().hex
-    values: list[int] = []
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{comfy_server.url.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
-            prompt_id = await asyncio.to_thread(comfy_server.post_prompt, prompt, client_id)
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                event = json.loads(message.data)
-                data = event["data"]
-                if event["type"] == "progress" and data["node"] == node:
-                    values.append(data["value"])
-                    if len(values) == 1:
-                        async with session.post(f"{comfy_server.url}/interrupt", json={}) as response:
-                            assert response.status == 200
-                if event["type"] == "executing" and data == {"node": None, "prompt_id": prompt_id}:
-                    return prompt_id, values
-    raise ConnectionError("the websocket closed before the prompt finished")
-
-
 def test_interrupt_stops_a_long_sampler_and_the_next_prompt_succeeds(comfy_server, served, record_property):
     steps = 1000  # the widget's maximum; minutes of work at this size
     graph, ids = t2i_graph("A red fox jumps over the lazy dog in the snow.", seed=5, steps=steps, side=256)
-    prompt_id, values = asyncio.run(asyncio.wait_for(_interrupt_after_first_step(comfy_server, graph.prompt,
-                                                                                 ids["sampler"]), TIMEOUT_S))
-    entry = comfy_server.wait_for_history(prompt_id, timeout=60)
+    entry, messages = comfy_server.run_and_interrupt(graph.prompt, ids["sampler"], "progress", timeout=TIMEOUT_S)
+    values = progress_values(messages, ids["sampler"])
     assert entry["status"]["status_str"] == "error"
     interrupted = [data for kind, data in entry["status"]["messages"] if kind == "execution_interrupted"]
     assert [data["node_id"] for data in interrupted] == [ids["sampler"]]

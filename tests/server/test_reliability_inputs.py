@@ -13,15 +13,13 @@ import pytest
 import requests
 import torch
 from comfy_client import PromptRejected
-from fixtures_tiny import TINY_SEED
 from PIL import Image
-from reliability_graphs import (WAN21_VAE_NAME, Graph, config_only_copy, corrupt_copy, link_models, t2i,
-                                truncated_copy, write_wan21_vae)
-from reliability_server import NARROW_VAE_PACK, RELIABILITY_PACK, reliability_server
+from reliability_graphs import (WAN21_VAE_NAME, Graph, config_only_copy, corrupt_copy, t2i, truncated_copy,
+                                write_wan21_vae)
+from reliability_server import tiny_reliability_server
 from safetensors.torch import load as load_safetensors
 
 from lance_model.preprocess import rgb_frames
-from lance_model.tiny import write_tiny_checkpoint
 
 TIMEOUT_S = 300
 WIDTH, HEIGHT = 48, 32
@@ -34,10 +32,7 @@ BROKEN = {"Truncated_Lance": truncated_copy, "Corrupt_Lance": corrupt_copy, "Inc
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability_inputs")
-    with reliability_server(root, packs=(RELIABILITY_PACK, NARROW_VAE_PACK)) as running:
-        models = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_models"), seed=TINY_SEED, vae_widths="tiny")
-        link_models(models, running.models_dir)
+    with tiny_reliability_server(tmp_path_factory, "reliability_inputs") as (running, models):
         for name, make in BROKEN.items():
             make(models.image, running.models_dir / "lance" / name)
         write_wan21_vae(running.models_dir / "vae" / WAN21_VAE_NAME)

@@ -4,17 +4,10 @@ memory where warm-up left it, and an out-of-memory error inside sampling (inject
 becomes advice on what to change, with the memory released for the next prompt."""
 from __future__ import annotations
 
-import asyncio
-import json
-import uuid
-
-import aiohttp
 import pytest
-from fixtures_tiny import TINY_SEED
-from reliability_graphs import Graph, link_models, t2i
-from reliability_server import NARROW_VAE_PACK, RELIABILITY_PACK, reliability_server
-
-from lance_model.tiny import write_tiny_checkpoint
+from comfy_client import progress_values
+from reliability_graphs import Graph, t2i
+from reliability_server import tiny_reliability_server
 
 TIMEOUT_S = 300
 INTERRUPTED_RUNS = 20
@@ -27,10 +20,7 @@ LONG_PROMPT = " ".join(["A red fox jumps over the lazy dog in the snow."] * 30)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability_interrupts")
-    with reliability_server(root, packs=(RELIABILITY_PACK, NARROW_VAE_PACK)) as running:
-        models = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_models"), seed=TINY_SEED, vae_widths="tiny")
-        link_models(models, running.models_dir)
+    with tiny_reliability_server(tmp_path_factory, "reliability_interrupts") as (running, _):
         yield running
 
 
@@ -76,33 +66,10 @@ PHASES = {"prefill": prefill_graph, "sampling": sampling_graph, "decoding": deco
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-async def _run_and_interrupt(server, prompt: dict, node: str, trigger: str) -> str:
-    """Queue ``prompt``; POST /interrupt when ``node`` starts (trigger "executing") or first reports
-    progress ("progress"); return the prompt id once the server is done with it."""
-    client_id = uuid.uuid4().hex
-    interrupted = False
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{server.url.replace('http', 'ws', 1)}/ws?clientId={client_id}") as ws:
-            prompt_id = await asyncio.to_thread(server.post_prompt, prompt, client_id)
-            async for message in ws:
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                event = json.loads(message.data)
-                data = event["data"]
-                if not interrupted and event["type"] == trigger and data.get("node") == node:
-                    interrupted = True
-                    async with session.post(f"{server.url}/interrupt", json={}) as response:
-                        assert response.status == 200
-                if event["type"] == "executing" and data == {"node": None, "prompt_id": prompt_id}:
-                    return prompt_id
-    raise ConnectionError("the websocket closed before the prompt finished")
-
-
 def interrupted_run(server, phase: str, seed: int) -> dict:
     """One run of ``phase`` cancelled mid-way; returns its execution_interrupted data."""
     graph, node, trigger = PHASES[phase](seed, short=False)
-    prompt_id = asyncio.run(asyncio.wait_for(_run_and_interrupt(server, graph.prompt, node, trigger), TIMEOUT_S))
-    entry = server.wait_for_history(prompt_id, timeout=60)
+    entry, _ = server.run_and_interrupt(graph.prompt, node, trigger, timeout=TIMEOUT_S)
     assert entry["status"]["status_str"] == "error", (phase, entry["status"])
     (data,) = [data for kind, data in entry["status"]["messages"] if kind == "execution_interrupted"]
     return data | {"graph": graph, "trigger_node": node}
@@ -172,9 +139,7 @@ def test_an_out_of_memory_error_in_sampling_says_what_to_change_and_frees_the_me
         # ComfyUI's own tips follow every out-of-memory error
         "This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might have "
         "accidentally set the batch_size to a large number.")
-    steps = [m["data"]["value"] for m in messages if isinstance(m, dict) and m["type"] == "progress"
-             and m["data"]["node"] == sampler]
-    assert steps == [1], "the error must come from inside sampling, after its first step"
+    assert progress_values(messages, sampler) == [1], "the error must come from inside sampling, after its first step"
     assert "Got an OOM, unloading all loaded models." in server.log_text()
 
     completed_run(server, "sampling", seed=2)

@@ -19,13 +19,10 @@ from pathlib import Path
 import av
 import pytest
 from example_media import CLIP_FRAMES, CLIP_FPS, mp4_bytes, png_bytes
-from fixtures_tiny import TINY_SEED
 from PIL import Image
-from reliability_graphs import link_models
-from reliability_server import NARROW_VAE_PACK, RELIABILITY_PACK, reliability_server
+from reliability_server import tiny_reliability_server
 
 from lance_model.preprocess import sample_frame_indices
-from lance_model.tiny import write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BATCH_SCRIPT = REPO_ROOT / "scripts" / "lance_batch.py"
@@ -45,10 +42,7 @@ BATCH_TIMEOUT_S = 1800
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reliability_soak")
-    with reliability_server(root, packs=(RELIABILITY_PACK, NARROW_VAE_PACK)) as running:
-        models = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_models"), seed=TINY_SEED, vae_widths="tiny")
-        link_models(models, running.models_dir)
+    with tiny_reliability_server(tmp_path_factory, "reliability_soak") as (running, _):
         yield running
 
 

@@ -43,9 +43,10 @@ def _lance_sampler_modules() -> list:
             and hasattr(m, "LanceSampler") and hasattr(m, "sample_latent")]
 
 
-class LanceTestArmSamplerOOM:
+class _EveryPromptAction:
+    """An output node without inputs that runs on every prompt (ComfyUI would otherwise cache it)."""
+
     CATEGORY = "Lance/tests"
-    FUNCTION = "arm"
     RETURN_TYPES = ()
     OUTPUT_NODE = True
 
@@ -55,7 +56,11 @@ class LanceTestArmSamplerOOM:
 
     @classmethod
     def IS_CHANGED(cls):
-        return float("nan")  # arm again on every prompt
+        return float("nan")  # never equal to the last value, so never cached
+
+
+class LanceTestArmSamplerOOM(_EveryPromptAction):
+    FUNCTION = "arm"
 
     def arm(self):
         modules = _lance_sampler_modules()
@@ -79,19 +84,8 @@ class LanceTestArmSamplerOOM:
         return {"ui": {"text": [f"armed {len(modules)}"]}}
 
 
-class LanceTestReleaseFreeMemory:
-    CATEGORY = "Lance/tests"
+class LanceTestReleaseFreeMemory(_EveryPromptAction):
     FUNCTION = "release"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    @classmethod
-    def IS_CHANGED(cls):
-        return float("nan")
 
     def release(self):
         gc.collect()
