@@ -55,13 +55,13 @@ def build_models(sizes: ModelSizes, tokenizer: LanceTokenizer, device: torch.dev
     if with_vae:
         vae = build_wan22_vae(*sizes.vae_dims, device="meta").to(torch.bfloat16)
         materialize_random_(vae, device, seed + 3)
-    _never_stop(und, tokenizer)
+    never_stop(und, tokenizer)
     load_s = clock.now() - start
     return Models(MoTDecoder(und, gen), vit, vae, tokenizer, device, load_s)
 
 
 @torch.no_grad()
-def _never_stop(und, tokenizer: LanceTokenizer) -> None:
+def never_stop(und, tokenizer: LanceTokenizer) -> None:
     """A zero LM-head row gives the stop token logit 0, below the maximum of ~150k random logits, so
     greedy decoding of random weights always runs the full token budget."""
     und.lm_head.weight[tokenizer.token_id(IM_END)] = 0

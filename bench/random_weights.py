@@ -2,7 +2,8 @@
 
 The scale keeps activations in the range trained weights produce (nothing overflows, nothing is
 zero, which would make matrix units look faster than they are): weights N(0, 1/fan_in), residual
-output projections shrunk by 1/sqrt(2·layers), norm scales 1, biases 0.
+output projections shrunk by 1/sqrt(2·layers), norm scales 1, biases 0, scalar parameters (the
+per-tensor scales of ComfyUI's scaled fp8 layers, set properly when the weights are converted) 1.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ RESIDUAL_OUTPUTS = ("o_proj", "down_proj")
 
 
 def _is_scale(name: str, param: torch.Tensor) -> bool:
-    # RMSNorm weights (1-D) and the Wan VAE's RMS_norm ``gamma`` ([C,1,1,1])
-    return name.endswith("gamma") or (name.endswith("weight") and param.dim() == 1)
+    # RMSNorm weights (1-D), the Wan VAE's RMS_norm ``gamma`` ([C,1,1,1]) and scalars
+    return name.endswith("gamma") or param.dim() == 0 or (name.endswith("weight") and param.dim() == 1)
 
 
 @torch.no_grad()
