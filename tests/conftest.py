@@ -3,14 +3,10 @@ with ``LANCE_GOLDEN_DIR``); ComfyUI's ``comfy`` package is found through ``COMFY
 test runner (``scripts/test.sh``) sets to the project's own ComfyUI install."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-GOLDEN_DIR = Path(os.environ.get("LANCE_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
-SPEC_DIR = Path(os.environ.get("LANCE_SPEC_DIR", REPO_ROOT.parent / "shared" / "spec"))
+from golden_paths import GOLDEN_DIR, SPEC_DIR
 
 
 @pytest.fixture(scope="session")

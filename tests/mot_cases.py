@@ -2,6 +2,8 @@
 
 Everything a case needs is read from the stored reference tensors (sequence, positions, ViT output,
 clean latents, noise), so these tests exercise only the decoder, the latent glue and the sampler.
+The tests run the cases on the CPU in bf16, as the reference did; ``bench/gpu_agreement.py`` also
+runs them on a GPU and in fp32 (``device``, ``dtype``).
 """
 from __future__ import annotations
 
@@ -25,22 +27,24 @@ X2T_TASKS = ("x2t_image", "x2t_video")
 
 
 def rel_l2(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """‖actual − expected‖ / ‖expected‖; infinite when the shapes differ (no broadcasting)."""
+    """‖actual − expected‖ / ‖expected‖ on ``expected``'s device; infinite when the shapes differ (no
+    broadcasting)."""
     if actual.shape != expected.shape:
         return float("inf")
-    actual, expected = actual.float(), expected.float()
+    actual, expected = actual.to(expected.device).float(), expected.float()
     return float((actual - expected).norm() / expected.norm())
 
 
 @lru_cache(maxsize=None)
-def load_decoder(ckpt_dir: str) -> MoTDecoder:
+def load_decoder(ckpt_dir: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16) -> MoTDecoder:
+    """The checkpoint's decoder with its weights on ``device`` in ``dtype``, computing in ``dtype``."""
     cfg = LLMConfig.from_file(Path(ckpt_dir) / "llm_config.json")
-    und, gen = build_experts(cfg)
+    und, gen = build_experts(cfg, dtype=dtype)
     state = load_file(str(Path(ckpt_dir) / "model.safetensors"))
     for expert in (und, gen):
         own = expert.state_dict().keys()
-        expert.load_state_dict({k: state[k] for k in own}, strict=True, assign=True)
-    return MoTDecoder(und, gen)
+        expert.load_state_dict({k: state[k].to(device, dtype) for k in own}, strict=True, assign=True)
+    return MoTDecoder(und, gen, dtype=dtype)
 
 
 @lru_cache(maxsize=None)
@@ -65,16 +69,19 @@ class GenCase:
     block: NoiseBlock
     cond: Branch
     uncond: Branch
-    x_initial: torch.Tensor   # latents of the noise block [N, 48], bf16
+    x_initial: torch.Tensor   # latents of the noise block [N, 48], bf16 (stored), on the CPU
     updated_rows: torch.Tensor  # block-local rows the sampler moves
     block_offset: int  # rows of the sample's VAE tokens that precede the block (edit source)
     settings: FlowSettings
 
 
 @lru_cache(maxsize=None)
-def gen_case(golden_dir: str, task: str) -> GenCase:
+def gen_case(golden_dir: str, task: str, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.bfloat16) -> GenCase:
+    """The task's noise block and both branches' prefilled caches, by ``load_decoder(…, device, dtype)``.
+    The stored tensors and the block's latents stay on the CPU (the decoder moves its inputs)."""
     settings, tensors = _task_files(golden_dir, task)
-    decoder = load_decoder(str(Path(golden_dir) / settings["checkpoint"]))
+    decoder = load_decoder(str(Path(golden_dir) / settings["checkpoint"]), device, dtype)
     embeds = _prefix_embeddings(decoder, tensors)
     length = embeds.shape[0]
 
@@ -122,11 +129,13 @@ class X2TCase:
     stop_token: int
 
 
-def x2t_case(golden_dir: str, task: str) -> X2TCase:
-    """A fresh case (its cache is consumed by decoding) with the prompt prefilled."""
+def x2t_case(golden_dir: str, task: str, device: torch.device | str = "cpu",
+             dtype: torch.dtype = torch.bfloat16) -> X2TCase:
+    """A fresh case (its cache is consumed by decoding) with the prompt prefilled by
+    ``load_decoder(…, device, dtype)``."""
     settings, tensors = _task_files(golden_dir, task)
     ckpt = Path(golden_dir) / settings["checkpoint"]
-    decoder = load_decoder(str(ckpt))
+    decoder = load_decoder(str(ckpt), device, dtype)
     prompt_len = int(tensors["seq.ce_loss_indexes"][0]) + 1
     context_len = prompt_len - 1
     embeds = _prefix_embeddings(decoder, tensors)[:context_len]

@@ -50,22 +50,23 @@ def golden_media(golden_dir: Path, task: str) -> Path | None:
 
 
 @lru_cache(maxsize=None)
-def vision_tower(ckpt_dir: Path, dtype: torch.dtype) -> VisionTower:
+def vision_tower(ckpt_dir: Path, dtype: torch.dtype, device: torch.device | str = "cpu") -> VisionTower:
     """The vision tower as the model loader builds it: the checkpoint's bundled one, otherwise the
     separate one beside the checkpoint folder."""
-    return build_parts(LanceCheckpoint.open(ckpt_dir), vit_dir=ckpt_dir.parent / VIT_FOLDER_NAME, dtype=dtype).vit
+    return build_parts(LanceCheckpoint.open(ckpt_dir), vit_dir=ckpt_dir.parent / VIT_FOLDER_NAME, device=device,
+                       dtype=dtype).vit
 
 
-def vit_task_error(golden_dir: Path, task: str, dtype: torch.dtype) -> float:
+def vit_task_error(golden_dir: Path, task: str, dtype: torch.dtype, device: torch.device | str = "cpu") -> float:
     """Rel-L2 of media file -> frame sampling -> preprocessing -> tower against the task's ``vit.output_0``."""
     folder = Path(golden_dir) / task
     settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
     path = golden_media(golden_dir, task)
     media = read_sampled_video(path).frames if path.suffix == ".mp4" else Image.open(path)
-    vit = vision_tower(Path(golden_dir) / settings["checkpoint"], dtype)
+    vit = vision_tower(Path(golden_dir) / settings["checkpoint"], dtype, device)
     inputs = vit_input(media, resolution_preset(settings["reference_cli_args"]["resolution"]).vit, vit.config)
     with torch.no_grad():
-        out = vit(inputs.patches, [inputs.grid_thw])
+        out = vit(inputs.patches.to(device), [inputs.grid_thw])
     return rel_l2(out, load_file(str(folder / "tensors.safetensors"))["vit.output_0"])
 
 

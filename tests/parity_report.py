@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from conftest import GOLDEN_DIR  # noqa: E402
+from golden_paths import GOLDEN_DIR  # noqa: E402
 from mot_cases import gen_case, x2t_case  # noqa: E402
 from parity_measures import (COMBINED_REL_L2, SINGLE_FORWARD_REL_L2, STEP_REL_L2, TIE_ULPS,  # noqa: E402
                              step0_velocities, step_errors, teacher_forced_errors, teacher_forced_text,
