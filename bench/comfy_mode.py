@@ -281,6 +281,9 @@ def warm_up(setup: ComfySetup, models: dict, specs: list[TaskSpec]) -> None:
 
 
 def unload_everything(setup: ComfySetup) -> None:
+    """A fresh start for the next budget, as a new process on a smaller card would have: nothing
+    placed, and no CUDA graphs kept from the previous runs."""
+    pack_loader.pack_module(PACK_NAME, "lance_model.sampling").REUSED_PASSES.clear()
     setup.memory.unload_all_models()
     setup.memory.soft_empty_cache()
 

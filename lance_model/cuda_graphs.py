@@ -82,6 +82,12 @@ class GraphedCall:
         self.graph.replay()
         return self.output
 
+    def release(self) -> None:
+        """Free the graph and its memory pool now. The owner of a graphed bound method forms a reference
+        cycle with it, which only Python's cycle collector would break, at a time of its choosing."""
+        self.graph, self.static_inputs, self.output = None, (), None
+        self.calls = 0
+
     def _warm_up(self, inputs):
         # First runs on a side stream, as CUDA graph capture requires of lazily initialised libraries.
         stream = torch.cuda.Stream(self.device)

@@ -56,6 +56,19 @@ class KVCache:
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
 
+    def clone(self) -> "KVCache":
+        """A copy that owns its tensors (unaffected by ``free`` of this cache)."""
+        copied = KVCache(self.num_layers)
+        copied.keys = [None if k is None else k.clone() for k in self.keys]
+        copied.values = [None if v is None else v.clone() for v in self.values]
+        return copied
+
+    def copy_from(self, other: "KVCache") -> None:
+        """Overwrite this cache's tensors in place with ``other``'s (same shapes), keeping their addresses."""
+        for mine, theirs in zip(self.keys + self.values, other.keys + other.values):
+            if mine is not None:
+                mine.copy_(theirs)
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 

@@ -142,6 +142,74 @@ class BranchPass:
         return self.graph(x, t).clone()  # the graph's output is overwritten by its next replay
 
 
+def _content(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), str(t.dtype), t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def _pass_key(decoder: MoTDecoder, block: NoiseBlock, branch: Branch) -> tuple:
+    """Everything a graphed pass bakes in: the weights' addresses (ComfyUI moving a part changes them),
+    the decoder's settings, the prefix cache's shapes and the block's constants."""
+    weights = tuple(t.data_ptr() for m in (decoder.und, decoder.gen) for t in (*m.parameters(), *m.buffers()))
+    cache = tuple((tuple(t.shape), t.dtype, t.device) for t in branch.cache.keys + branch.cache.values)
+    return (id(decoder.und), id(decoder.gen), weights, decoder.dtype, decoder.und_device, decoder.attention.name,
+            cache, _content(branch.positions), _content(block.pids), _content(block.marker_embeds))
+
+
+class ReusedPasses:
+    """Graphed branch passes kept from one sampling run to the next.
+
+    A graphed pass costs an eager warm-up and a capture on its first two calls (~0.25 s each for a
+    768² image, as much as 7 steps). Queued prompts that differ only in the seed, or in words that keep
+    the token count, have passes of the same shapes and constants: their graphs are replayed with the
+    new prefix caches copied into the captured ones. One pass per branch is kept: its graph's memory
+    pool (~1 GiB for a 768² image) and a copy of its prefix cache, memory that ComfyUI's manager does not
+    see. So passes are kept only while the device has plenty left (``keep_if_room``), and a run that
+    cannot use them frees them."""
+
+    # Keep the passes only when at least this much of the device stays free after sampling: the larger
+    # of a fixed floor and a share of the device (what the VAE decode and other models may still need).
+    KEEP_MIN_FREE_BYTES = 4 * 2**30
+    KEEP_MIN_FREE_SHARE = 0.25
+
+    def __init__(self):
+        self.entries: dict[str, tuple[tuple, BranchPass]] = {}
+
+    def get(self, name: str, decoder: MoTDecoder, block: NoiseBlock, branch: Branch,
+            pos: torch.Tensor) -> BranchPass:
+        key = _pass_key(decoder, block, branch)
+        kept = self.entries.get(name)
+        if kept is not None and kept[0] == key:
+            kept[1].cache.copy_from(branch.cache)
+            return kept[1]
+        self._release(name)  # the old graph's memory goes before a new one is captured
+        built = BranchPass(decoder, block, Branch(branch.cache.clone(), branch.positions), pos, graphed=True)
+        self.entries[name] = (key, built)
+        return built
+
+    def clear(self) -> None:
+        for name in list(self.entries):
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        kept = self.entries.pop(name, None)
+        if kept is not None and kept[1].graph is not None:
+            kept[1].graph.release()
+            kept[1].graph = None  # breaks the pass <-> graphed-method cycle: its cache copy goes at once
+
+    def keep_if_room(self, device: torch.device) -> None:
+        """Free the kept passes unless ``device`` has room to spare (free as ComfyUI counts it: the
+        driver's free memory plus what PyTorch holds unused)."""
+        if not self.entries or device.type != "cuda":
+            return
+        free, total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        if free < max(self.KEEP_MIN_FREE_BYTES, self.KEEP_MIN_FREE_SHARE * total):
+            self.clear()
+
+
+REUSED_PASSES = ReusedPasses()
+
+
 def block_velocity(decoder: MoTDecoder, block: NoiseBlock, x: torch.Tensor, t: torch.Tensor,
                    branch: Branch) -> torch.Tensor:
     """Velocity ``[N, C]`` of every latent token of the block for latents ``x`` at per-token times ``t``."""
@@ -158,8 +226,9 @@ def sample_flow(decoder: MoTDecoder, block: NoiseBlock, x: torch.Tensor, updated
     clean first frame keeps t = 0). ``callback(step, x, v)`` runs after each Euler update.
 
     The loop never waits for the GPU: per-step times and the moving rows live on the device, and each
-    branch's pass is set up once (and replayed as a CUDA graph for small blocks, see ``GRAPH_MAX_TOKENS``;
-    fused element-wise kernels run in graphs and long blocks, ``FUSE_MIN_TOKENS``).
+    branch's pass is set up once (and replayed as a CUDA graph for small blocks, see ``GRAPH_MAX_TOKENS``,
+    kept for the next run with the same shapes, ``ReusedPasses``; fused element-wise kernels run in graphs
+    and long blocks, ``FUSE_MIN_TOKENS``).
     """
     if x.shape[0] != block.pids.numel():
         raise ValueError(f"x has {x.shape[0]} latent tokens but the noise block has {block.pids.numel()}")
@@ -171,19 +240,31 @@ def sample_flow(decoder: MoTDecoder, block: NoiseBlock, x: torch.Tensor, updated
     moving, step_t = moving.to(x.device), timesteps.to(x.device)
     step_dt = (timesteps[:-1] - timesteps[1:]).to(x.device)
     graphed = len(block) <= GRAPH_MAX_TOKENS and decoder.graphs_usable(with_generation=True)
+    if not graphed:
+        REUSED_PASSES.clear()
     pos = decoder.latent_positions(block.pids)
-    passes = {"cond": BranchPass(decoder, block, cond, pos, graphed)}
-    for step in range(settings.steps):
-        t_rows = moving * step_t[step]
-        v = passes["cond"](x, t_rows)
-        if uncond is not None and settings.cfg_scale > 1.0 and cfg_active(timesteps[step], settings.cfg_interval):
-            if "uncond" not in passes:
-                passes["uncond"] = BranchPass(decoder, block, uncond, pos, graphed)
-            v_uncond = passes["uncond"](x, t_rows)
-            v = combine_cfg(v, v_uncond, settings.cfg_scale, settings.renorm, settings.renorm_min)
-        x = _euler(x, v, step_dt[step], fixed)
-        if callback is not None:
-            callback(step, x, v)
+
+    def branch_pass(name: str, branch: Branch) -> BranchPass:
+        if graphed:
+            return REUSED_PASSES.get(name, decoder, block, branch, pos)
+        return BranchPass(decoder, block, branch, pos)
+
+    try:
+        passes = {"cond": branch_pass("cond", cond)}
+        for step in range(settings.steps):
+            t_rows = moving * step_t[step]
+            v = passes["cond"](x, t_rows)
+            if uncond is not None and settings.cfg_scale > 1.0 and cfg_active(timesteps[step], settings.cfg_interval):
+                if "uncond" not in passes:
+                    passes["uncond"] = branch_pass("uncond", uncond)
+                v_uncond = passes["uncond"](x, t_rows)
+                v = combine_cfg(v, v_uncond, settings.cfg_scale, settings.renorm, settings.renorm_min)
+            x = _euler(x, v, step_dt[step], fixed)
+            if callback is not None:
+                callback(step, x, v)
+    finally:
+        if graphed:
+            REUSED_PASSES.keep_if_room(decoder.und_device)
     return x
 
 

@@ -12,7 +12,7 @@ from lance_model.attention import attention, attention_to_rows
 from lance_model.cuda_graphs import DISABLE_ENV
 from lance_model.greedy_decode import greedy_decode
 from lance_model.mot import MoTDecoder, _Routing
-from lance_model.sampling import Branch, NoiseBlock, sample_flow
+from lance_model.sampling import REUSED_PASSES, Branch, NoiseBlock, ReusedPasses, sample_flow
 from mot_cases import gen_case, load_decoder, rel_l2, x2t_case
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
@@ -108,3 +108,87 @@ def test_graphed_greedy_decoding_matches_eager_decoding(golden_dir, monkeypatch)
     monkeypatch.setenv(DISABLE_ENV, "0")
     eager = greedy_decode(decoder, cache, first, positions[:, :24], case.vocab_limit, stop_token=-1)
     assert graphed == eager
+
+
+def _shifted(cache, amount: float):
+    """A cache of the same shapes with other contents (another prompt of the same token count)."""
+    other = cache.clone()
+    for t in other.keys + other.values:
+        t.add_(amount)
+    return other
+
+
+def test_reused_passes_keep_one_pass_per_branch_while_its_constants_and_weights_stay(golden_dir):
+    case = gen_case(str(golden_dir), "t2i")
+    decoder, block = case.decoder, case.block
+    pos = decoder.latent_positions(block.pids)
+    reused = ReusedPasses()
+    first = reused.get("cond", decoder, block, case.cond, pos)
+    assert first.cache is not case.cond.cache   # its own copy: freeing the condition cannot reach the graph
+    other_prompt = Branch(_shifted(case.cond.cache, 1.0), case.cond.positions)
+    again = reused.get("cond", MoTDecoder(decoder.und, decoder.gen), block, other_prompt, pos)
+    assert again is first
+    assert all(torch.equal(a, b) for a, b in zip(first.cache.keys, other_prompt.cache.keys))
+    assert reused.get("uncond", decoder, block, case.uncond, pos) is not first
+    moved = MoTDecoder(copy.deepcopy(decoder.und), copy.deepcopy(decoder.gen))  # ComfyUI moved the weights
+    rebuilt = reused.get("cond", moved, block, case.cond, pos)
+    assert rebuilt is not first
+    shorter = Branch(case.uncond.cache, case.uncond.positions)  # another prefix length
+    assert reused.get("cond", moved, block, shorter, pos) is not rebuilt
+    assert reused.get("cond", moved, block, shorter, pos) is reused.entries["cond"][1]
+    reused.clear()
+    assert reused.entries == {}
+
+
+@cuda_only
+def test_a_reused_graph_computes_what_a_fresh_capture_computes(golden_dir):
+    case = gen_case(str(golden_dir), "t2i")
+    decoder = _on_cuda(case.decoder)
+    block = NoiseBlock(case.block.marker_embeds.cuda(), case.block.pids)
+    x = case.x_initial.cuda()
+
+    def run(shift: float):
+        cond = Branch(_shifted(case.cond.cache.to("cuda"), shift), case.cond.positions)
+        uncond = Branch(_shifted(case.uncond.cache.to("cuda"), shift), case.uncond.positions)
+        return sample_flow(decoder, block, x, case.updated_rows, cond, uncond, case.settings)
+
+    run(0.0)
+    kept = REUSED_PASSES.entries["cond"][1]
+    reused = run(0.01)
+    assert REUSED_PASSES.entries["cond"][1] is kept
+    REUSED_PASSES.clear()
+    fresh = run(0.01)
+    assert REUSED_PASSES.entries["cond"][1] is not kept
+    assert rel_l2(reused, fresh) <= 1e-3
+    assert rel_l2(reused, run(0.0)) > 1e-3   # the new prefix was used, not the captured one's
+    REUSED_PASSES.clear()
+
+
+@pytest.mark.parametrize("free_gib, kept", [(30.0, True), (5.0, False), (3.0, False)])
+def test_kept_passes_are_freed_unless_the_device_has_room(golden_dir, monkeypatch, free_gib, kept):
+    case = gen_case(str(golden_dir), "t2i")
+    reused = ReusedPasses()
+    reused.get("cond", case.decoder, case.block, case.cond, case.decoder.latent_positions(case.block.pids))
+    gib = 2**30
+    # an 80 GiB card: the share rule (20 GiB) decides; ComfyUI's free = driver free + unused reserved memory
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int((free_gib - 1) * gib), 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    reused.keep_if_room(torch.device("cuda", 0))
+    assert bool(reused.entries) == kept
+
+
+def test_freed_passes_leave_no_reference_cycle_holding_their_cache(golden_dir):
+    import gc
+    import weakref
+    case = gen_case(str(golden_dir), "t2i")
+    reused = ReusedPasses()
+    kept = reused.get("cond", case.decoder, case.block, case.cond, case.decoder.latent_positions(case.block.pids))
+    cache_tensor = weakref.ref(kept.cache.keys[0])
+    del kept
+    gc.disable()   # only reference counting may free it: the cycle collector runs when it likes
+    try:
+        reused.clear()
+        assert cache_tensor() is None
+    finally:
+        gc.enable()
