@@ -39,6 +39,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))  # the repository root: lance_model
+sys.path.insert(1, str(BENCH_DIR.parent / "tests"))  # the parity tests' cases, measures and bounds
 
 import torch  # noqa: E402
 
@@ -51,6 +52,8 @@ from lance_model.vision_tokens import encode_vision  # noqa: E402
 from agreement_rows import Row, exit_status, render_table  # noqa: E402
 from attention_agreement import fp32_math_reference, kernel_rows, sampling_backend_rows  # noqa: E402
 from golden_agreement import golden_rows, golden_tasks, require_golden_dir  # noqa: E402
+from parity_measures import COMBINED_REL_L2, SINGLE_FORWARD_REL_L2  # noqa: E402
+from parity_measures import FINAL_LATENT_REL_L2 as FINAL_LATENT_REL_L2_BY_TASK  # noqa: E402
 from models import FULL, TINY, ModelSizes, build_models  # noqa: E402
 from precision_runs import (Step0, draw_noise, float32_decoder, float32_vit, rel_l2, step0_velocities,  # noqa: E402
                             x2t_answer)
@@ -58,11 +61,9 @@ from run_bench import default_tokenizer_dir, gpu_name  # noqa: E402
 from runners import random_image  # noqa: E402
 from tasks import PROMPT  # noqa: E402
 
-# The model-core parity bounds (tests/parity_measures.py, golden README §5; a test keeps them equal):
-# single forward passes, CFG-combined velocities, free-running 8-step text-to-visual latents.
-SINGLE_FORWARD_REL_L2 = 0.01
-COMBINED_REL_L2 = 0.04
-FINAL_LATENT_REL_L2 = 0.02
+# The model-core parity bounds (golden README §5): single forward passes, CFG-combined velocities and the
+# free-running 8-step text-to-image latent.
+FINAL_LATENT_REL_L2 = FINAL_LATENT_REL_L2_BY_TASK["t2i"]
 
 SECTIONS = ("full", "golden")
 

@@ -39,6 +39,7 @@ import comfy_mode  # noqa: E402
 import perf_table  # noqa: E402
 from kernel_profile import profile_kernels  # noqa: E402
 from models import FULL, TINY, build_models  # noqa: E402
+from precision_runs import rel_l2  # noqa: E402
 from records import generation_record, understanding_record  # noqa: E402
 from runners import Timing, flow_settings, run_generation, run_understanding, short_sampling_call  # noqa: E402
 from tasks import FULL_TASKS, TINY_TASKS, TaskSpec, select  # noqa: E402
@@ -90,7 +91,7 @@ def run_task(models, spec: TaskSpec, common: dict, repeat: int) -> tuple[dict, T
 def agreement(output: torch.Tensor, reference: torch.Tensor) -> dict:
     """How close a variant's output is to the first variant's (same seed and inputs)."""
     if output.is_floating_point():
-        return {"rel_l2_vs_first_variant": float((output - reference).norm() / reference.norm())}
+        return {"rel_l2_vs_first_variant": rel_l2(output, reference)}
     n = min(len(output), len(reference))
     same = int((output[:n] == reference[:n]).cumprod(0).sum()) if n else 0
     return {"tokens_equal_to_first_variant": same}
@@ -185,8 +186,7 @@ def run_comfyui(args, specs, device, tokenizer, base, save) -> list[dict]:
                             if budget is None and timing.output is not None and timing.output.is_floating_point():
                                 first = reference.setdefault(spec.key, (weight_dtype, timing.output))
                                 if first[0] != weight_dtype:
-                                    record[f"final_latent_rel_l2_vs_{first[0]}"] = comfy_mode.relative_error(
-                                        timing.output, first[1])
+                                    record[f"final_latent_rel_l2_vs_{first[0]}"] = rel_l2(timing.output, first[1])
                         except Exception as error:  # out of memory under a budget is a result too
                             traceback.print_exc()
                             record = error_record(common, spec, error)

@@ -45,8 +45,8 @@ def tiny_report(tmp_path_factory) -> tuple[int, dict]:
 
 
 def test_bounds_are_the_model_core_parity_bounds():
-    assert gpu_agreement.SINGLE_FORWARD_REL_L2 == SINGLE_FORWARD_REL_L2
-    assert gpu_agreement.COMBINED_REL_L2 == COMBINED_REL_L2
+    assert gpu_agreement.SINGLE_FORWARD_REL_L2 is SINGLE_FORWARD_REL_L2
+    assert gpu_agreement.COMBINED_REL_L2 is COMBINED_REL_L2
     assert gpu_agreement.FINAL_LATENT_REL_L2 == FINAL_LATENT_REL_L2["t2i"] == FINAL_LATENT_REL_L2["t2v"]
 
 

@@ -63,3 +63,13 @@ def test_fp8_final_latents_are_compared_with_bf16_on_the_same_noise(records):
     assert "final_latent_rel_l2_vs_default" not in unconstrained["default"]
     error = unconstrained["fp8_e4m3fn"]["final_latent_rel_l2_vs_default"]
     assert 0 < error < 0.2   # scaled fp8 weights: a few percent on the tiny model; a lost scale gives ~100 %
+
+
+def test_an_unknown_weight_dtype_is_refused_with_the_loader_options(tmp_path):
+    command = [sys.executable, str(REPO_ROOT / "bench" / "run_bench.py"), "--tiny", "--modes", "comfyui",
+               "--weight-dtypes", "fp9", "--results-dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert ("unknown weight dtype(s) ['fp9']; Lance Checkpoint Loader offers ['default', 'fp8_e4m3fn', "
+            "'fp8_e4m3fn_fast', 'fp8_e5m2']") in done.stderr
+    assert not list(tmp_path.glob("*.json"))
